@@ -1,0 +1,27 @@
+r"""Stacked Hourglass (Newell et al. 2016): train and evaluate from flags.
+
+  python -m experiments.hourglass --flagfile=experiments/configs/quickstart.flags \
+      --workdir=/tmp/quickstart
+"""
+
+import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
+from absl import flags
+
+from experiments import common
+
+MODEL_FLAGS = ("num_stacks", "num_features", "depth", "num_modules")
+
+
+def _model_flags():
+  flags.DEFINE_integer("num_stacks", 8, "Hourglasses stacked (8 in the paper).")
+  flags.DEFINE_integer("num_features", 256, "Channels inside the hourglasses.")
+  flags.DEFINE_integer("depth", 4, "Recursion depth of each hourglass (4: 64 -> 4 px).")
+  flags.DEFINE_integer("num_modules", 1, "Residual modules at each point.")
+
+
+# The paper's setting: RMSProp 2.5e-4, 256 x 256 input, sigma 1 on the 64 x 64 heatmaps.
+common.define_flags("hourglass", _model_flags, dict(
+    optimizer="rmsprop", learning_rate=2.5e-4, input_size=256, sigma=1.0))
+
+if __name__ == "__main__":
+  common.run("hourglass", MODEL_FLAGS)

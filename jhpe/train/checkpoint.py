@@ -1,0 +1,259 @@
+"""Checkpoints through orbax's CheckpointManager.
+
+On-disk layout (orbax-checkpoint 0.12):
+
+    <workdir>/checkpoints/
+      <step>/                 one finished checkpoint per saved step, e.g. 1000/
+        state/                orbax StandardSave (a PyTree of arrays) of the dict
+                                {'step': int32 (),
+                                 'params': the model's params,
+                                 'batch_stats': BatchNorm statistics ({} if none),
+                                 'opt_state': the optax state,
+                                 'ema_params': EMA of params (only when --ema_decay > 0),
+                                 'rng': uint32 (2,) base key}
+        data_iter/            the grain iterator state, JSON, one file per process
+                              (process_<i>-of-<n>.json)
+        metrics/              the validation metrics of that step when evaluated
+                              ({'pck': ...}; used to keep the best checkpoint)
+        _CHECKPOINT_METADATA  written last, by orbax's commit
+      <step>.orbax-checkpoint-tmp-<n>/   a save in progress (ignored on restore)
+
+Restoring the parameters in research code with orbax alone:
+
+    import orbax.checkpoint as ocp
+    mngr = ocp.CheckpointManager('<workdir>/checkpoints')
+    step = mngr.latest_step()
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    params = restored.state['params']        # numpy arrays, the flax param tree
+    variables = {'params': params, 'batch_stats': restored.state['batch_stats']}
+
+Saves are asynchronous: orbax writes into a temporary folder and renames it to `<step>`
+when every item is written (the commit), so a run killed during a save leaves only a
+`*.orbax-checkpoint-tmp-*` folder that `latest_step` never returns; the previous
+checkpoint stays intact. The manager keeps the `keep_checkpoints` latest checkpoints plus
+the best one by validation PCK.
+"""
+
+import os
+import re
+import shutil
+from typing import Any, Optional, Union
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_METRIC = "pck"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used here (missing, or of another model/shape)."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def _best_metric(metrics: dict) -> float:
+  return float(metrics[BEST_METRIC])
+
+
+def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over `<workdir>/checkpoints` with items `state` and `data_iter`.
+
+  Keeps the `keep` latest checkpoints and the best one by `metrics['pck']`.
+  """
+  policy = ocm.AnyPreservationPolicy([
+      ocm.LatestN(n=keep),
+      ocm.BestN(get_metric_fn=_best_metric, reverse=False, n=1,
+                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      best_fn=_best_metric, best_mode="max", keep_checkpoints_without_metrics=False,
+      preservation_policy=policy, enable_async_checkpointing=async_save,
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+  handlers = {"state": ocp.StandardCheckpointHandler()}
+  try:
+    import grain  # pylint: disable=g-import-not-at-top
+    handlers["data_iter"] = grain.checkpoint.CheckpointHandler()
+  except ImportError:  # pragma: no cover - grain is a dependency.
+    pass
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers,
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state_dict: dict,
+         data_iter: Any = None, metrics: Optional[dict] = None, force: bool = True) -> bool:
+  """Starts an (async) save of `state_dict` (and the data iterator state) at `step`."""
+  items = {"state": ocp.args.StandardSave(state_dict)}
+  if data_iter is not None and hasattr(data_iter, "get_state"):
+    import grain  # pylint: disable=g-import-not-at-top
+    items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+  return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+
+
+def _describe_mismatch(path: str, target: Any, error: Exception) -> str:
+  return (f"checkpoint {path} does not fit this model/config (another model, size or "
+          f"number of joints?): {str(error).splitlines()[0][:300]}")
+
+
+def _key_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _flatten(tree: Any) -> dict:
+  # Orbax's metadata turns namedtuples (optax states) into dicts: compare by names only.
+  return {"/".join(_key_name(e) for e in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_shapes(path: str, saved: Any, target: Any) -> None:
+  """Raises CheckpointError naming the first leaf whose shape differs."""
+  saved_flat = _flatten(saved)
+  target_flat = _flatten(target)
+  missing = [k for k in target_flat if k not in saved_flat]
+  extra = [k for k in saved_flat if k not in target_flat]
+  if missing or extra:
+    raise CheckpointError(
+        f"checkpoint {path} does not fit this model/config: missing "
+        f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+        f"{extra[:3]}{'...' if len(extra) > 3 else ''}.")
+  for k, t in target_flat.items():
+    s = saved_flat[k]
+    if tuple(s.shape) != tuple(t.shape):
+      raise CheckpointError(
+          f"checkpoint {path} does not fit this model/config: "
+          f"{k} has shape {tuple(s.shape)} in the checkpoint, "
+          f"{tuple(t.shape)} in the model.")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state_dict: dict,
+            data_iter: Any = None) -> dict:
+  """Restores the state dict at `step` into the shapes of `abstract_state_dict`.
+
+  Raises CheckpointError naming the path and the first mismatching array when the
+  checkpoint is of another model or shape. Restores `data_iter` in place when given.
+  """
+  path = os.path.join(str(manager.directory), str(step))
+  saved = manager.item_metadata(step)["state"]
+  if saved is None:
+    raise CheckpointError(f"checkpoint {path} has no 'state' item.")
+  _check_shapes(path, saved, abstract_state_dict)
+  items = {"state": ocp.args.StandardRestore(abstract_state_dict)}
+  if data_iter is not None and hasattr(data_iter, "set_state"):
+    import grain  # pylint: disable=g-import-not-at-top
+    if os.path.isdir(os.path.join(path, "data_iter")):
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(_describe_mismatch(path, abstract_state_dict, e)) from None
+  return restored["state"]
+
+
+COMMIT_MARKER = "_CHECKPOINT_METADATA"  # Written by orbax when a step is finalised.
+
+
+def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
+  """The steps whose folder orbax finalised (a step folder missing its commit metadata,
+  e.g. copied half-way or left by a filesystem without atomic renames, is not one)."""
+  root = str(manager.directory)
+  return sorted(s for s in manager.all_steps()
+                if os.path.exists(os.path.join(root, str(s), COMMIT_MARKER)))
+
+
+def latest_complete_step(manager: ocp.CheckpointManager) -> Optional[int]:
+  steps = complete_steps(manager)
+  return steps[-1] if steps else None
+
+
+def quarantine_incomplete(workdir: str) -> list[str]:
+  """Renames unfinished step folders to `<step>.incomplete` so that no run reads them and
+  a new save of that step does not collide; returns the new paths."""
+  root = checkpoint_dir(workdir)
+  moved = []
+  if not os.path.isdir(root):
+    return moved
+  for name in os.listdir(root):
+    path = os.path.join(root, name)
+    if name.isdigit() and os.path.isdir(path) and not os.path.exists(
+        os.path.join(path, COMMIT_MARKER)):
+      target = f"{path}.incomplete"
+      shutil.rmtree(target, ignore_errors=True)
+      os.rename(path, target)
+      moved.append(target)
+  return moved
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  """The step of the latest finished checkpoint in `workdir`, or None."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  mngr = make_manager(workdir, read_only=True, async_save=False)
+  try:
+    return latest_complete_step(mngr)
+  finally:
+    mngr.close()
+
+
+def _resolve_step(mngr: ocp.CheckpointManager, workdir: str,
+                  which: Union[str, int]) -> int:
+  steps = complete_steps(mngr)
+  if not steps:
+    raise CheckpointError(f"no finished checkpoint in {checkpoint_dir(workdir)}.")
+  if which == "latest":
+    return steps[-1]
+  if which == "best":
+    best = mngr.best_step()  # The latest when no checkpoint has metrics.
+    return best if best in steps else steps[-1]
+  if isinstance(which, str) and re.fullmatch(r"\d+", which):
+    which = int(which)
+  if isinstance(which, (int, np.integer)):
+    if int(which) not in steps:
+      raise CheckpointError(f"no checkpoint of step {which} in {checkpoint_dir(workdir)}; "
+                            f"available: {sorted(steps)}.")
+    return int(which)
+  raise CheckpointError(f"which={which!r}: expected 'latest', 'best' or a step number.")
+
+
+def restore_variables(workdir: str, which: Union[str, int] = "latest",
+                      use_ema: bool = True) -> tuple[dict, int]:
+  """The model variables of a workdir's checkpoint, without building the optimiser.
+
+  Args:
+    workdir: a training workdir.
+    which: 'latest', 'best' (highest validation PCK; the latest if none evaluated) or a
+      step number.
+    use_ema: return the EMA parameters when the checkpoint has them.
+
+  Returns:
+    ({'params': ..., 'batch_stats': ...} as numpy arrays, step).
+  """
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    raise CheckpointError(f"{checkpoint_dir(workdir)} does not exist: no checkpoint in "
+                          f"{workdir}.")
+  mngr = make_manager(workdir, read_only=True, async_save=False)
+  try:
+    step = _resolve_step(mngr, workdir, which)
+    restored = mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    mngr.close()
+  params = restored["params"]
+  if use_ema and restored.get("ema_params") is not None:
+    params = restored["ema_params"]
+  return {"params": params, "batch_stats": restored.get("batch_stats", {})}, int(step)
+
+
+def check_variables(path: str, variables: dict, abstract_variables: dict) -> None:
+  """Raises CheckpointError if `variables` do not fit `abstract_variables` (shapes)."""
+  target = {"params": abstract_variables["params"],
+            "batch_stats": abstract_variables.get("batch_stats", {})}
+  _check_shapes(path, {"params": variables["params"],
+                       "batch_stats": variables.get("batch_stats", {})}, target)

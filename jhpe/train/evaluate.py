@@ -1,0 +1,307 @@
+"""Evaluation: predictions on a dataset split, metrics, eval files, the table, figures.
+
+`evaluate(...)` runs the jitted eval step (flip test, decode, back to original pixels)
+over every example of a split and scores it with the dataset's metric: PCK@0.2 with the
+torso normaliser (LSP and the synthetic set), PCKh@0.5 (MPII; the headline is the mean
+without pelvis and thorax, as the MPII table), plus strict PCP where the skeleton defines
+PCP parts. `write_eval_files` writes the workdir contract:
+
+  eval/<dataset>_<split>.json              {'dataset', 'split', 'step', 'checkpoint',
+                                            'metric', 'mean', 'per_joint', 'pcp', ...}
+  eval/<dataset>_<split>_predictions.json  [{'id', 'joints' (J, 2) original px,
+                                             'confidence' (J,)}, ...]
+"""
+
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from jhpe import metrics as metrics_lib
+from jhpe import skeletons as skeletons_lib
+from jhpe.train import steps as steps_lib
+from jhpe.train.config import Config
+
+PCK_CURVE_ALPHAS = tuple(np.round(np.linspace(0.0, 0.5, 26), 3).tolist())
+NUM_GRID_EXAMPLES = 4  # Best and worst examples kept for the figure.
+
+
+class Preempted(Exception):
+  """Raised inside evaluation when a SIGTERM asks the run to stop."""
+
+
+def dataset_tag(dataset: str, split: str) -> str:
+  """'synthetic/tiny', 'test' -> 'synthetic_tiny_test' (a file-name-safe tag)."""
+  return f"{dataset}_{split}".replace("/", "_").replace("+", "_")
+
+
+def metric_spec(dataset: str) -> tuple[str, float, str]:
+  """(metric name, alpha, table name) of the evaluation dataset."""
+  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  spec = registry.get_spec(dataset)
+  if spec.normaliser == "head":
+    return "pckh", 0.5, "PCKh@0.5"
+  # COCO's headline is OKS AP; here it is scored as PCK@0.2 with sqrt(area) instead.
+  return "pck", 0.2, "PCK@0.2"
+
+
+def skeleton_of(dataset: str) -> skeletons_lib.Skeleton:
+  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  return skeletons_lib.get_skeleton(registry.get_spec(dataset).skeleton)
+
+
+def make_eval_loader(config: Config, dataset: str, split: str):
+  """This process's shard of `dataset`/`split` as padded eval batches."""
+  from jhpe.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.make_loader(
+      dataset, split, data_dir=config.data_dir or None, manual_dir=config.manual_dir or None,
+      batch_size=config.global_eval_batch_size // jax.process_count(),
+      canvas_size=config.input_size, train=False, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), skip_bad_examples=config.skip_bad_examples,
+      worker_count=config.num_workers)
+
+
+def _gather(tree):
+  """Global arrays -> numpy on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+  return jax.tree.map(np.asarray, tree)
+
+
+def _example_scores(pred, gt, visible, normaliser, alpha):
+  """Per-example fraction of annotated joints within alpha x normaliser (N,)."""
+  err = np.linalg.norm(pred - gt, axis=-1)
+  hit = (err <= alpha * normaliser[:, None]) & (visible > 0)
+  return hit.sum(1) / np.maximum((visible > 0).sum(1), 1)
+
+
+def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str,
+             mesh=None, num_examples: int = 0, loader=None,
+             should_stop: Optional[Callable[[], bool]] = None,
+             collect_figures: bool = False) -> tuple[dict, list, dict]:
+  """Predicts every example of `dataset`/`split` and scores it.
+
+  Args:
+    variables: {'params', 'batch_stats'} (host or replicated arrays).
+    model: the flax module.
+    config: the run's Config (input size, decode method, flip test, batch size).
+    dataset, split: what to evaluate on.
+    mesh: the device mesh (default: all devices).
+    num_examples: stop after this many examples (0 = the whole split).
+    loader: a `pipeline.Loader` (default: `make_eval_loader`).
+    should_stop: polled between batches; True raises `Preempted`.
+    collect_figures: keep what the figures need (best/worst canvases, one example's
+      stage heatmaps).
+
+  Returns:
+    (results, predictions, figure_inputs): results {'metric', 'mean', 'per_joint', 'pcp',
+    'num_examples', ...}; predictions [{'id', 'joints', 'confidence'}]; figure inputs for
+    `jhpe.viz.save_eval_figures` ({} unless collect_figures).
+  """
+  mesh = mesh or steps_lib.make_mesh()
+  skeleton = skeleton_of(dataset)
+  loader = loader or make_eval_loader(config, dataset, split)
+  metric, alpha, metric_title = metric_spec(dataset)
+  eval_fn = steps_lib.make_eval_step(model, config, skeleton.flip_permutation, mesh)
+  variables = steps_lib.replicate_mesh(
+      {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
+      mesh)
+  local_batch = config.global_eval_batch_size // jax.process_count()
+  # Every process must run the same number of batches (shards may differ by one).
+  total = len(loader.source)
+  per_shard = math.ceil(total / jax.process_count())
+  num_batches = math.ceil(per_shard / local_batch)
+  if num_examples:
+    num_batches = min(num_batches, math.ceil(num_examples / config.global_eval_batch_size))
+  outs = []
+  grid = []  # (score, canvas, pred canvas px, gt canvas px, visible, index)
+  it = iter(loader)
+  padding = None
+  for _ in range(num_batches):
+    if should_stop is not None and should_stop():
+      raise Preempted()
+    try:
+      batch = next(it)
+    except StopIteration:
+      if padding is None:  # A shorter shard: feed batches that count for nothing.
+        padding = jax.tree.map(np.zeros_like, outs_batch)
+        padding["index"] = np.full_like(padding["index"], -1)
+      batch = padding
+    outs_batch = batch
+    out = _gather(eval_fn(variables, steps_lib.global_batch(batch, mesh)))
+    host = _gather(steps_lib.global_batch(
+        {k: batch[k] for k in ("visible", "normaliser", "index", "valid")}, mesh))
+    outs.append({**out, **host})
+    if collect_figures and jax.process_index() == 0:
+      _keep_grid_examples(grid, batch, out, host, alpha)
+  res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+  keep = (res["valid"] > 0) & (res["index"] >= 0)
+  if num_examples:
+    keep &= np.cumsum(keep) <= num_examples
+  res = {k: v[keep] for k, v in res.items()}
+  if not len(res["index"]):
+    raise ValueError(f"{dataset!r} split {split!r}: no example to evaluate.")
+  # People whose normaliser is undefined (0) cannot be scored by this metric.
+  visible = res["visible"] * (res["normaliser"] > 0)[:, None]
+  pred, gt = res["joints"], res["gt_joints"]
+  if metric == "pckh":
+    table = metrics_lib.pckh_table(pred, gt, visible, res["normaliser"], skeleton, alpha)
+    mean = table.get("mean_without_pelvis_thorax", table["mean"])
+  else:
+    table = metrics_lib.pck_table(pred, gt, visible, res["normaliser"], skeleton, alpha)
+    mean = table["mean"]
+  results = {
+      "dataset": dataset, "split": split, "metric": metric_title, "mean": _num(mean),
+      "per_joint": {k: _num(v) for k, v in table.items()},
+      "num_examples": int(len(res["index"])),
+      "flip_test": config.flip_test, "decode": config.decode,
+  }
+  if skeleton.pcp_limbs:
+    pcp = metrics_lib.pcp(pred, gt, visible, skeleton)
+    results["pcp"] = {k: _num(v) for k, v in pcp.items()}
+  curve_joints, curve_mean = metrics_lib.pck_curve(pred, gt, visible, res["normaliser"],
+                                                   np.asarray(PCK_CURVE_ALPHAS))
+  del curve_joints
+  results["pck_curve"] = {"alphas": list(PCK_CURVE_ALPHAS),
+                          "mean": [_num(v) for v in curve_mean]}
+  try:
+    ids = loader.ids()
+  except Exception:  # pylint: disable=broad-except  # Ids are a convenience.
+    ids = None
+  predictions = [
+      {"id": ids[i] if ids is not None else str(i), "index": int(i),
+       "joints": np.round(p.astype(np.float64), 2).tolist(),
+       "confidence": np.round(c.astype(np.float64), 4).tolist()}
+      for i, p, c in zip(res["index"].tolist(), pred, res["confidence"])]
+  figure_inputs = {}
+  if collect_figures and grid:
+    figure_inputs = _figure_inputs(grid, ids, variables, model, config, skeleton,
+                                   results, metric)
+  return results, predictions, figure_inputs
+
+
+def _num(x) -> Optional[float]:
+  x = float(x)
+  return None if math.isnan(x) else x
+
+
+def _keep_grid_examples(grid, batch, out, host, alpha):
+  """Keeps the NUM_GRID_EXAMPLES best and worst examples (canvas coordinates)."""
+  to_canvas = np.linalg.inv(batch["canvas_to_original"].astype(np.float64))
+  pred_c = np.einsum("bij,bkj->bki", to_canvas[:, :2, :2], out["joints"]) + \
+      to_canvas[:, None, :2, 2]
+  scores = _example_scores(out["joints"], out["gt_joints"], batch["visible"],
+                           batch["normaliser"], alpha)
+  for b in range(len(scores)):
+    if batch["valid"][b] > 0 and batch["index"][b] >= 0 and batch["normaliser"][b] > 0:
+      grid.append((float(scores[b]), batch["image"][b], pred_c[b], batch["joints"][b],
+                   batch["visible"][b], int(batch["index"][b])))
+  grid.sort(key=lambda g: g[0])
+  if len(grid) > 2 * NUM_GRID_EXAMPLES:
+    del grid[NUM_GRID_EXAMPLES:len(grid) - NUM_GRID_EXAMPLES]
+
+
+def _figure_inputs(grid, ids, variables, model, config, skeleton, results, metric):
+  """Arguments of `jhpe.viz.save_eval_figures` (canvas pixels throughout)."""
+  order = sorted(grid, key=lambda g: -g[0])
+  inputs = dict(
+      images=np.stack([g[1] for g in order]), preds=np.stack([g[2] for g in order]),
+      gts=np.stack([g[3] for g in order]), visible=np.stack([g[4] for g in order]),
+      scores=np.array([g[0] for g in order]),
+      ids=[ids[g[5]] if ids else str(g[5]) for g in order],
+      pck_alphas=np.asarray(results["pck_curve"]["alphas"]),
+      pck_values_by_model={config.model: np.asarray(
+          [np.nan if v is None else v for v in results["pck_curve"]["mean"]])},
+      metric_name="PCKh" if metric == "pckh" else "PCK", model_name=config.model,
+      best_and_worst=min(NUM_GRID_EXAMPLES, len(order) // 2) or 1)
+  if model.output_kind == "heatmap":
+    canvas = order[0][1]
+    images = steps_lib.images_to_float(canvas[None])
+    stages = model.apply(jax.tree.map(np.asarray, variables), images, train=False)
+    num_joints = skeleton.num_joints
+    inputs["heatmap_example"] = (
+        canvas, [np.asarray(s[0, ..., :num_joints], np.float32) for s in stages],
+        order[0][2])
+  return inputs
+
+
+def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[str, str]:
+  """Writes eval/<tag>.json and eval/<tag>_predictions.json (atomically)."""
+  tag = dataset_tag(results["dataset"], results["split"])
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = (os.path.join(out_dir, f"{tag}.json"),
+           os.path.join(out_dir, f"{tag}_predictions.json"))
+  for path, payload in zip(paths, (results, predictions)):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(payload, f, indent=1 if path == paths[0] else None)
+    os.replace(tmp, path)
+  return paths
+
+
+def format_table(results: dict) -> str:
+  """The per-joint table printed at the end of a run."""
+  lines = [f"{results['metric']} on {results['dataset']} {results['split']} "
+           f"({results['num_examples']} people, step {results.get('step', '?')}):"]
+  width = max(len(k) for k in results["per_joint"])
+  for name, value in results["per_joint"].items():
+    shown = "   n/a" if value is None else f"{100 * value:6.2f}"
+    lines.append(f"  {name:<{width}}  {shown}")
+  if "pcp" in results:
+    lines.append(f"  PCP (strict, mean)  {100 * (results['pcp']['mean'] or 0):6.2f}")
+  return "\n".join(lines)
+
+
+def save_figures(workdir: str, results: dict, figure_inputs: dict) -> dict:
+  """Draws the eval figures with `jhpe.viz` when it is available; never fails a run."""
+  if not figure_inputs:
+    return {}
+  try:
+    from jhpe import viz  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return {}
+  try:
+    return viz.save_eval_figures(
+        workdir, skeleton_of(results["dataset"]),
+        tag=dataset_tag(results["dataset"], results["split"]), **figure_inputs)
+  except Exception as e:  # pylint: disable=broad-except  # Figures are a by-product.
+    logging.warning("Could not draw the evaluation figures: %s", e)
+    return {}
+
+
+def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[str] = None,
+                     split: Optional[str] = None, num_examples: int = 0,
+                     overrides: Optional[dict] = None, figures: bool = True) -> dict:
+  """Evaluates a workdir's checkpoint ('latest', 'best' or a step) on any dataset split.
+
+  Writes eval/<dataset>_<split>.json and the predictions file; returns the results.
+  """
+  from jhpe.train import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.models import summary  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(workdir)
+  if overrides:
+    config = config.replace(**overrides)
+  dataset = dataset or config.dataset
+  split = split or config.eval_split
+  config = config.replace(dataset=dataset, eval_split=split)
+  config.validate(num_devices=jax.device_count(), num_processes=jax.process_count())
+  model = config_lib.build_model(config)
+  variables, step = ckpt.restore_variables(workdir, which)
+  path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
+  ckpt.check_variables(path, variables,
+                       summary.abstract_variables(model, config.input_size))
+  results, predictions, figure_inputs = evaluate(
+      variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
+      collect_figures=figures)
+  results.update(step=step, checkpoint=path)
+  if jax.process_index() == 0:
+    write_eval_files(workdir, results, predictions)
+    save_figures(workdir, results, figure_inputs)
+  return results

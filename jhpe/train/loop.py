@@ -1,0 +1,437 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+What a run guarantees:
+- Resume: a run restarted with the same command continues from the latest finished
+  checkpoint (params, optimiser, step, RNG, data iterator); randomness is a function of
+  (seed, step, example), so on the CPU the resumed run ends bitwise as an uninterrupted one.
+- Preemption: SIGTERM (during training or evaluation) saves a checkpoint at the current
+  step and returns cleanly (`result['preempted']`); the restart continues exactly.
+- NaN/Inf: a step whose loss, gradients or new params are not finite is not applied.
+  `nan_policy='stop'` stops the run with `NonFiniteError` naming the step (checkpoints on
+  disk are all from good steps); 'skip' counts it (`skipped_steps` in metrics.jsonl) and
+  goes on.
+- One run per workdir: a lock file (flock, so the lock of a dead process is free again)
+  makes a second run in the same workdir refuse with `WorkdirLockedError`.
+- Checkpoint writes are atomic (orbax writes a temporary folder and renames it), so a run
+  killed during an async save restarts from the previous complete checkpoint.
+"""
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from jhpe.train import checkpoint as ckpt
+from jhpe.train import config as config_lib
+from jhpe.train import evaluate as eval_lib
+from jhpe.train import state as state_lib
+from jhpe.train import steps as steps_lib
+from jhpe.train.config import Config
+
+LOCK_FILENAME = ".lock"
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradients became NaN/Inf under `--nan_policy=stop`."""
+
+  def __init__(self, step: int, last_checkpoint: Optional[int], workdir: str):
+    self.step = step
+    self.last_checkpoint = last_checkpoint
+    super().__init__(
+        f"non-finite loss or gradients at step {step} (the update was not applied); "
+        f"stopping (--nan_policy=stop). The last good checkpoint is "
+        f"{'step ' + str(last_checkpoint) if last_checkpoint is not None else 'none'} in "
+        f"{ckpt.checkpoint_dir(workdir)}. Lower --learning_rate, set --grad_clip, or pass "
+        f"--nan_policy=skip to skip such steps.")
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+# -- The workdir lock. --
+
+
+class WorkdirLock:
+  """An exclusive flock on `<workdir>/.lock` holding the owner's pid and host.
+
+  The kernel drops an flock when its process dies (even by SIGKILL), so a stale lock file
+  left by a dead run never blocks the next one: it is simply taken over.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILENAME)
+    self._file = None
+
+  def acquire(self) -> "WorkdirLock":
+    f = open(self.path, "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      owner = f.read().strip() or "unknown"
+      f.close()
+      raise WorkdirLockedError(
+          f"workdir {os.path.dirname(self.path)} is in use by another run ({owner}; lock "
+          f"{self.path}); wait for it to end or choose another --workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+# -- SIGTERM. --
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (installed only in the main thread); the loop polls it."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __call__(self) -> bool:
+    return self.requested
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and stopping.")
+    self.requested = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# -- Logging. --
+
+
+class MetricWriter:
+  """metrics.jsonl (one JSON object per record) and TensorBoard, on process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, METRICS_FILENAME)
+    self._tb = None
+    if enabled:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # pragma: no cover - tensorboardX is a dependency.
+        self._tb = None
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step` (written after the checkpoint a resumed run starts from)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (ValueError, KeyError):
+        continue  # A line cut by a kill.
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, record: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **record}) + "\n")
+    if self._tb is not None:
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and v is not None:
+          self._tb.add_scalar(k, v, step)
+        elif isinstance(v, list) and k.startswith("loss_stage"):
+          for s, x in enumerate(v):
+            self._tb.add_scalar(f"{k}/{s}", x, step)
+      self._tb.flush()
+
+  def eval_steps(self) -> set:
+    """The steps with an evaluation record."""
+    if not os.path.exists(self.path):
+      return set()
+    steps = set()
+    with open(self.path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if any(k.startswith("eval/") for k in record):
+          steps.add(record["step"])
+    return steps
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# -- The loop. --
+
+
+def make_train_loader(config: Config):
+  """This process's shard of the training data (shuffled, repeated)."""
+  from jhpe.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.make_loader(
+      config.train_dataset or config.dataset, config.train_split,
+      data_dir=config.data_dir or None, manual_dir=config.manual_dir or None,
+      batch_size=config.batch_size // jax.process_count(), canvas_size=config.input_size,
+      train=True, seed=config.seed, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), skip_bad_examples=config.skip_bad_examples,
+      worker_count=config.num_workers)
+
+
+class _Runner:
+  """The state of one `train_and_evaluate` call (devices, step function, writers)."""
+
+  def __init__(self, config: Config, workdir: str, preempt: PreemptionFlag,
+               train_loader=None, eval_loader=None):
+    self.config = config
+    self.workdir = workdir
+    self.preempt = preempt
+    self.chief = jax.process_index() == 0
+    self.model = config_lib.build_model(config)
+    self.mesh = steps_lib.make_mesh()
+    self.pmap = config.parallel == "pmap"
+    self.train_loader = train_loader
+    self.eval_loader = eval_loader
+    self.writer = MetricWriter(workdir, enabled=self.chief)
+    self.manager = ckpt.make_manager(workdir, keep=config.keep_checkpoints,
+                                     async_save=config.async_checkpoints)
+    if self.pmap:
+      self.train_step = steps_lib.make_pmap_train_step(self.model, config)
+    else:
+      self.train_step = steps_lib.make_shard_map_train_step(self.model, config, self.mesh)
+
+  # Device placement.
+  def to_devices(self, state):
+    if self.pmap:
+      return steps_lib.replicate_pmap(state)
+    return steps_lib.replicate_mesh(state, self.mesh)
+
+  def to_host_state(self, state) -> state_lib.TrainState:
+    return steps_lib.unreplicate_pmap(state) if self.pmap else state
+
+  def device_batch(self, batch):
+    batch = {k: batch[k] for k in ("image", "joints", "visible")}
+    if self.pmap:
+      return steps_lib.shard_batch_pmap(batch, jax.local_device_count())
+    return steps_lib.global_batch(batch, self.mesh)
+
+  def scalar_metrics(self, metrics) -> dict:
+    metrics = jax.device_get(metrics)
+    if self.pmap:
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    return jax.tree.map(np.asarray, metrics)
+
+  def save(self, state, step: int, data_iter, metrics: Optional[dict] = None) -> None:
+    ckpt.save(self.manager, step, self.to_host_state(state).to_dict(), data_iter,
+              metrics=metrics)
+
+  def evaluate(self, state, step: int, final: bool) -> dict:
+    """Evaluates `state` on the eval split; writes the eval files (process 0)."""
+    host = self.to_host_state(state)
+    use_ema = self.config.ema_decay > 0
+    results, predictions, figures = eval_lib.evaluate(
+        host.variables(use_ema=use_ema), self.model, self.config,
+        dataset=self.config.dataset, split=self.config.eval_split, mesh=self.mesh,
+        num_examples=self.config.num_eval_examples, loader=self.eval_loader,
+        should_stop=self.preempt, collect_figures=final)
+    results.update(step=int(step), ema=use_ema,
+                   checkpoint=os.path.join(ckpt.checkpoint_dir(self.workdir), str(step)))
+    if self.chief:
+      eval_lib.write_eval_files(self.workdir, results, predictions)
+      if final:
+        eval_lib.save_figures(self.workdir, results, figures)
+    return results
+
+
+def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
+                       eval_loader=None) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+
+  Args:
+    config: the run's Config.
+    workdir: where config.json, metrics.jsonl, checkpoints/, eval/, figures/ and
+      tensorboard/ go.
+    train_loader, eval_loader: `jhpe.data.pipeline` loaders to use instead of the ones
+      the config describes (tests).
+
+  Returns:
+    {'step': last step, 'eval': final eval results (None if preempted),
+     'preempted': bool, 'skipped_steps': int}.
+
+  Raises:
+    ValueError: a bad config (one line naming the flag), before any long work.
+    WorkdirLockedError: another run holds the workdir.
+    NonFiniteError: NaN/Inf under `nan_policy='stop'`.
+  """
+  config.validate(num_devices=jax.device_count(), num_processes=jax.process_count())
+  config_lib.check_workdir(workdir)
+  chief = jax.process_index() == 0
+  lock = WorkdirLock(workdir) if chief else contextlib.nullcontext()
+  with lock, PreemptionFlag() as preempt:
+    if chief:
+      config_lib.save_config(config, workdir)
+      for path in ckpt.quarantine_incomplete(workdir):
+        logging.warning("Set aside an unfinished checkpoint: %s", path)
+    runner = _Runner(config, workdir, preempt, train_loader, eval_loader)
+    try:
+      return _train(runner)
+    finally:
+      runner.manager.wait_until_finished()
+      runner.manager.close()
+      runner.writer.close()
+
+
+def _train(r: _Runner) -> dict:
+  config, workdir = r.config, r.workdir
+  rng = jax.random.PRNGKey(config.seed)
+  state = state_lib.create_train_state(rng, r.model, config)
+  loader = r.train_loader or make_train_loader(config)
+  data_iter = iter(loader)
+  start = ckpt.latest_complete_step(r.manager)
+  if start is not None:
+    restored = ckpt.restore(r.manager, start, state.to_dict(), data_iter)
+    state = state_lib.TrainState.from_dict(restored)
+    logging.info("Resumed from step %d.", start)
+    if r.chief:
+      print(f"Resuming from the checkpoint of step {start} in "
+            f"{ckpt.checkpoint_dir(workdir)}.", flush=True)
+  start = int(start or 0)
+  r.writer.truncate_after(start)
+  state = r.to_devices(state)
+  total = config.num_train_steps
+  eval_every = config.eval_every
+  skipped = 0
+  result = {"step": start, "eval": None, "preempted": False}
+
+  def preempted_exit(step):
+    r.save(state, step, data_iter)
+    r.manager.wait_until_finished()
+    if r.chief:
+      print(f"Preempted at step {step}: checkpoint saved in "
+            f"{ckpt.checkpoint_dir(workdir)}; rerun the same command to resume.",
+            flush=True)
+    result.update(step=step, preempted=True, skipped_steps=skipped)
+    return result
+
+  def run_eval(step, final):
+    results = r.evaluate(state, step, final)
+    r.writer.write(step, {"eval/" + results["metric"]: results["mean"],
+                          "eval/num_examples": results["num_examples"]})
+    return results
+
+  # A run preempted during an evaluation evaluates that step again first.
+  if (start and eval_every and start % eval_every == 0 and start < total
+      and start not in r.writer.eval_steps()):
+    try:
+      run_eval(start, final=False)
+    except eval_lib.Preempted:
+      return preempted_exit(start)
+
+  window = []  # Per-step metrics since the last log line.
+  t_window = time.time()
+  t_start, step_start = time.time(), start
+  for step in range(start, total):
+    if r.preempt():
+      return preempted_exit(step)
+    batch = next(data_iter)
+    state, metrics = r.train_step(state, r.device_batch(batch))
+    done = step + 1
+    # Fetching the metrics syncs with the device; with a single device queue this costs
+    # little, and it lets the NaN guard stop at the step it happened.
+    m = r.scalar_metrics(metrics)
+    if m["nonfinite"] > 0:
+      if config.nan_policy == "stop":
+        r.manager.wait_until_finished()
+        raise NonFiniteError(done, ckpt.latest_complete_step(r.manager), workdir)
+      skipped += 1
+      logging.warning("Step %d: non-finite loss or gradients; update skipped "
+                      "(--nan_policy=skip, %d so far).", done, skipped)
+    window.append(m)
+    if done % config.log_every == 0 or done == total:
+      now = time.time()
+      steps_per_s = len(window) / max(now - t_window, 1e-9)
+      finite = [w for w in window if w["nonfinite"] == 0] or window
+      record = {
+          "loss": float(np.mean([w["loss"] for w in finite])),
+          "loss_stage": np.mean([w["loss_stage"] for w in finite], axis=0).tolist(),
+          "learning_rate": float(m["learning_rate"]),
+          "grad_norm": float(np.mean([w["grad_norm"] for w in finite])),
+          "steps_per_s": steps_per_s,
+          "images_per_s": steps_per_s * config.batch_size,
+          "skipped_steps": skipped,
+      }
+      r.writer.write(done, record)
+      if r.chief:
+        rate = (done - step_start) / max(now - t_start, 1e-9)
+        print(f"step {done}/{total}  loss {record['loss']:.6f}  "
+              f"lr {record['learning_rate']:.3g}  {steps_per_s:.2f} steps/s  "
+              f"{record['images_per_s']:.1f} img/s  "
+              f"ETA {_format_duration((total - done) / max(rate, 1e-9))}", flush=True)
+      window, t_window = [], now
+    eval_metrics = None
+    if eval_every and done % eval_every == 0 and done < total:
+      try:
+        results = run_eval(done, final=False)
+      except eval_lib.Preempted:
+        return preempted_exit(done)
+      eval_metrics = {ckpt.BEST_METRIC: results["mean"] or 0.0}
+    if done < total and (done % config.checkpoint_every == 0 or eval_metrics is not None):
+      r.save(state, done, data_iter, metrics=eval_metrics)
+
+  # The final evaluation, then the final checkpoint carrying its metric.
+  try:
+    results = run_eval(total, final=True)
+  except eval_lib.Preempted:
+    return preempted_exit(total)
+  if r.manager.latest_step() != total:
+    r.save(state, total, data_iter, metrics={ckpt.BEST_METRIC: results["mean"] or 0.0})
+  r.manager.wait_until_finished()
+  if r.chief:
+    print(eval_lib.format_table(results), flush=True)
+  result.update(step=total, eval=results, skipped_steps=skipped)
+  return result

@@ -1,0 +1,25 @@
+"""Shared pytest setup: import jhpe first (it sets CPU XLA flags before JAX starts)."""
+
+import os
+import pathlib
+
+import jhpe  # pylint: disable=unused-import  # Must precede any JAX import.
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+  """The real datasets at ../shared/data (beside the repository).
+
+  Skips the test when the folder is absent, except under CI (CI=true), where a missing
+  folder is an error: CI promises the data is there.
+  """
+  path = REPO_ROOT.parent / "shared" / "data"
+  if not path.is_dir():
+    message = f"the shared data folder {path} is absent (expected ../shared/data)"
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(f"CI=true but {message}.")
+    pytest.skip(f"{message}; place the LSP archives there to run this test.")
+  return path

@@ -1,0 +1,168 @@
+"""Smoke tests of benchmarks/: the PyTorch port is the same network, the scripts run.
+
+No speed is asserted: timings only have to be positive numbers. The torch parts are
+skipped when torch (the `bench` extra) is not installed.
+"""
+
+import os
+import sys
+
+import jhpe  # noqa: F401  # pylint: disable=unused-import  # CPU XLA flags before JAX.
+import jax
+import numpy as np
+import pytest
+
+# benchmarks/ is a folder of scripts next to the package, not an installed package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import peak  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _positive_finite(x):
+  return np.isfinite(x) and x > 0
+
+
+def test_time_calls_counts_and_orders():
+  calls = []
+  timing = common.time_calls(lambda: calls.append(1) or np.zeros(()), repeats=3, warmup=2)
+  assert len(calls) == 5
+  assert len(timing.times) == 3
+  assert 0 <= timing.min <= timing.median
+
+
+def test_time_calls_rejects_zero_repeats():
+  with pytest.raises(ValueError, match='repeats'):
+    common.time_calls(lambda: None, repeats=0)
+
+
+def test_time_interleaved_alternates():
+  order = []
+  timings = common.time_interleaved(
+      {'a': lambda: order.append('a'), 'b': lambda: order.append('b')}, repeats=2,
+      warmup=1, syncs={'a': lambda _: None, 'b': lambda _: None})
+  assert order == ['a', 'b'] * 3
+  assert set(timings) == {'a', 'b'}
+
+
+def test_format_table_lists_every_row_and_column():
+  table = common.format_table([{'x': 1.23456, 'y': 'a'}, {'x': float('nan'), 'y': 'b'}])
+  lines = table.splitlines()
+  assert len(lines) == 4
+  assert 'x' in lines[0] and 'y' in lines[0]
+  assert '1.23' in lines[2] and '-' in lines[3]
+
+
+def test_run_variants_rejects_unknown_name():
+  with pytest.raises(ValueError, match='--variants'):
+    common.run_variants('benchmarks.peak', [], ['no_such_variant'])
+
+
+def test_strip_flag_removes_both_spellings():
+  argv = ['--a=1', '--variants', 'jhpe,xla', '--b', '--variants=x', '--json_out=f']
+  assert common._strip_flag(common._strip_flag(argv, 'variants'), 'json_out') == [
+      '--a=1', '--b']
+
+
+def test_peak_conv_rows_and_flops():
+  rows = peak.jax_conv(1, 8, 4, 8, 3, 'NHWC', repeats=1, warmup=0,
+                       parts=('wgrad', 'fwd+bwd'))
+  assert [r['op'] for r in rows] == ['conv wgrad', 'conv fwd+bwd']
+  flops = peak.conv_flops(1, 8, 4, 8, 3)
+  assert flops == 2 * 8 * 8 * 9 * 4 * 8
+  assert rows[-1]['gflop'] == pytest.approx(3 * flops / 1e9)
+  assert all(_positive_finite(r['gflops']) for r in rows)
+  nchw = peak.jax_conv(1, 8, 4, 8, 3, 'NCHW', repeats=1, warmup=0, parts=('fwd',))
+  assert nchw[0]['layout'] == 'NCHW'
+  with pytest.raises(ValueError, match='layout'):
+    peak.jax_conv(1, 8, 4, 8, 3, 'NHCW', repeats=1)
+
+
+def test_peak_matmul_is_the_peak_of_its_rows():
+  rows = [peak.jax_matmul(64, repeats=1, warmup=0)]
+  assert rows[0]['gflop'] == pytest.approx(2 * 64 ** 3 / 1e9)
+  assert peak.peak_gflops(rows + [{'gflops': 0.0}]) == rows[0]['gflops']
+
+
+def test_train_step_tiny_hourglass_runs():
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  row = train_step.measure_config('hourglass/tiny', batch=2, repeats=1, warmup=0)
+  assert row['img_s'] > 0 and row['compile_s'] > 0
+  # The whole train step costs more than the forward pass it contains.
+  assert row['step_gflop_img'] > row['fwd_gflop_img'] > 0
+  rows = train_step.add_fractions([row], [
+      {'op': 'matmul', 'gflops': 2 * row['gflops']},
+      {'op': 'conv fwd+bwd', 'gflops': row['gflops']}])
+  assert rows[0]['frac_matmul_peak'] == pytest.approx(0.5)
+  assert rows[0]['frac_conv_peak'] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match='--configs'):
+    train_step.make_config('hourglass/huge', 2)
+
+
+def test_inference_tiny_rows_cover_flip():
+  from benchmarks import inference  # pylint: disable=g-import-not-at-top
+  rows = inference.measure_config('hourglass/tiny', batches=(1,), flips=(False, True),
+                                  repeats=1, warmup=0)
+  assert [(r['batch'], r['flip']) for r in rows] == [(1, False), (1, True)]
+  assert all(_positive_finite(r['img_s']) for r in rows)
+
+
+# -- The PyTorch side (the `bench` extra). --
+
+
+def _torch_port():
+  pytest.importorskip('torch')
+  from benchmarks import torch_hourglass  # pylint: disable=g-import-not-at-top
+  return torch_hourglass
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(num_stacks=1, features=16, depth=1, num_joints=3),
+    dict(num_stacks=2, features=32, depth=2, num_joints=5, num_modules=2),
+])
+def test_torch_port_param_count_equals_jhpe(kwargs):
+  torch_hourglass = _torch_port()
+  from jhpe import models  # pylint: disable=g-import-not-at-top
+  from jhpe.models import summary  # pylint: disable=g-import-not-at-top
+  ours = models.get_model('hourglass', num_stacks=kwargs['num_stacks'],
+                          num_features=kwargs['features'], depth=kwargs['depth'],
+                          num_joints=kwargs['num_joints'],
+                          num_modules=kwargs.get('num_modules', 1))
+  size = 4 * 2 ** kwargs['depth']
+  expected = summary.count_params(summary.abstract_variables(ours, size))
+  assert torch_hourglass.num_params(torch_hourglass.StackedHourglass(**kwargs)) == expected
+
+
+def test_torch_port_paper_model_size():
+  torch_hourglass = _torch_port()
+  n = torch_hourglass.num_params(torch_hourglass.StackedHourglass())
+  assert abs(n - 25.1e6) / 25.1e6 < 0.03
+
+
+def test_torch_port_output_shapes_and_loss():
+  torch_hourglass = _torch_port()
+  import torch  # pylint: disable=g-import-not-at-top
+  model = torch_hourglass.StackedHourglass(num_stacks=2, features=16, depth=2,
+                                           num_joints=3)
+  with torch.no_grad():
+    outputs = model(torch.rand(2, 3, 32, 32))
+  assert [tuple(o.shape) for o in outputs] == [(2, 3, 8, 8)] * 2
+  loss = torch_hourglass.stagewise_mse(outputs, torch.zeros(2, 3, 8, 8))
+  expected = sum(float((o ** 2).mean()) for o in outputs)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_hourglass_vs_torch_tiny_side_by_side():
+  _torch_port()
+  from benchmarks import hourglass_vs_torch  # pylint: disable=g-import-not-at-top
+  rows = hourglass_vs_torch.compare(1, batch=1, size=16, features=8, num_joints=2,
+                                    depth=1, repeats=1, warmup=0)
+  assert [r['mode'] for r in rows] == ['train', 'infer']
+  for r in rows:
+    assert r['ratio'] == pytest.approx(r['jhpe_img_s'] / r['torch_img_s'])
+    assert _positive_finite(r['jhpe_img_s']) and _positive_finite(r['torch_img_s'])
+
+
+def test_jax_backend_is_available():
+  # The benchmarks time on the default backend; it must be up after `import jhpe`.
+  assert jax.devices()
