@@ -14,7 +14,8 @@
 #   ./launch.sh multihost EXPERIMENT FLAGFILE WORKDIR [--num_processes N]
 #                     [--coordinator HOST:PORT] [--process_id I] [--local_test] [--dry_run]
 #                     [-- extra flags]
-#       One process of a multi-host run (run this once per host, e.g. with srun). Under
+#       One process of a multi-host run (run this once per host, e.g. with srun), its
+#       output also in WORKDIR/log.process<I>.txt. Under
 #       SLURM the values default to SLURM_NTASKS, SLURM_PROCID and the first host of
 #       SLURM_JOB_NODELIST (port as jax's SLURM cluster picks it); explicit flags win.
 #       --local_test starts all N processes here on 127.0.0.1 (CPU backend), each logging
@@ -278,7 +279,7 @@ first_slurm_host() {
 }
 
 multihost() {
-  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+  if [[ $LOCAL_TEST == 0 && -n "${SLURM_JOB_ID:-}" ]]; then
     [[ -n "$NUM_PROCESSES" ]] || NUM_PROCESSES="${SLURM_NTASKS:-}"
     [[ -n "$PROCESS_ID" ]] || PROCESS_ID="${SLURM_PROCID:-}"
     if [[ -z "$COORDINATOR" && -n "${SLURM_JOB_NODELIST:-}" ]]; then
@@ -306,8 +307,13 @@ multihost() {
     [[ "$PROCESS_ID" =~ ^[0-9]+$ && "$PROCESS_ID" -lt "$NUM_PROCESSES" ]] \
       || die "--process_id must be an integer in [0, $NUM_PROCESSES) (got '${PROCESS_ID}'; SLURM_PROCID is used under SLURM)"
     command+=("--process_id=$PROCESS_ID")
-    if [[ $DRY_RUN == 1 ]]; then quote_command "${command[@]}"; echo; return 0; fi
-    "${command[@]}" &
+    local log="${WORKDIR%/}/log.process$PROCESS_ID.txt"
+    if [[ $DRY_RUN == 1 ]]; then
+      echo "$(quote_command "${command[@]}") 2>&1 | tee -a $(printf '%q' "$log")"
+      return 0
+    fi
+    mkdir -p "$WORKDIR" || die "cannot create workdir '$WORKDIR'"
+    "${command[@]}" > >(tee -a "$log") 2>&1 &
     CHILDREN=($!)
     wait "${CHILDREN[0]}"
     return

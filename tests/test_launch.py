@@ -261,7 +261,19 @@ def test_multihost_explicit_flags(env, flagfile, tmp_path):
   assert shlex.split(result.stdout) == [
       sys.executable, "-m", "fakepkg.fake_experiment", f"--flagfile={flagfile}",
       f"--workdir={tmp_path}/w", "--coordinator_address=host0:1234",
-      "--num_processes=4", "--process_id=3"]
+      "--num_processes=4", "--process_id=3", "2>&1", "|", "tee", "-a",
+      f"{tmp_path}/w/log.process3.txt"]
+
+
+def test_multihost_runs_one_process(env, flagfile, tmp_path):
+  workdir = tmp_path / "w"
+  _launch(
+      ["multihost", "fakepkg.fake_experiment", flagfile, str(workdir),
+       "--num_processes", "2", "--process_id", "1", "--coordinator", "host0:1234"], env)
+  record = json.loads((workdir / "record.json").read_text())
+  assert record["argv"][-3:] == [
+      "--coordinator_address=host0:1234", "--num_processes=2", "--process_id=1"]
+  assert "fake experiment running" in (workdir / "log.process1.txt").read_text()
 
 
 @pytest.mark.parametrize("nodelist, host", [
@@ -273,12 +285,17 @@ def test_multihost_under_slurm(env, flagfile, tmp_path, nodelist, host):
       ["multihost", "fakepkg.fake_experiment", flagfile, str(tmp_path / "w"),
        "--dry_run"], env)
   words = shlex.split(result.stdout)
+  assert words[-5:] == ["2>&1", "|", "tee", "-a", f"{tmp_path}/w/log.process5.txt"]
+  words = words[:-5]
   # The port jax.distributed's own SLURM detection would pick: 61440 + 4100 % 4096.
   assert words[-3:] == [
       f"--coordinator_address={host}:61444", "--num_processes=8", "--process_id=5"]
 
 
 def test_multihost_local_test_starts_every_process(env, flagfile, tmp_path):
+  # Inside a SLURM allocation too: --local_test ignores SLURM's process id and count.
+  env.update(SLURM_JOB_ID="4100", SLURM_NTASKS="8", SLURM_PROCID="5",
+             SLURM_JOB_NODELIST="gpu[017-020]")
   workdir = tmp_path / "w"
   _launch(
       ["multihost", "fakepkg.fake_experiment", flagfile, str(workdir),

@@ -27,6 +27,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "multihost_worker.py")
@@ -150,6 +151,7 @@ TINY_FLAGS = """\
 """
 
 
+@pytest.mark.slow
 def test_two_processes_through_launch_sh_like_one(tmp_path):
   """The real entry point, started as 2 processes by `launch.sh multihost --local_test`.
 
@@ -184,9 +186,11 @@ def test_two_processes_through_launch_sh_like_one(tmp_path):
       (single_dir / "config.json").read_text())
   assert (multi_dir / "checkpoints" / "3").is_dir()
   # The evaluation gathered from both processes scores the same examples alike.
-  predictions = [json.loads((d / "eval" / "synthetic_test_predictions.json").read_text())
-                 for d in (multi_dir, single_dir)]
-  multi_pred, single_pred = ({p["index"]: p["joints"] for p in pred} for pred in predictions)
+  predictions = [
+      json.loads((d / "eval" / "synthetic_tiny_test_predictions.json").read_text())
+      for d in (multi_dir, single_dir)]
+  multi_pred, single_pred = (
+      {p["index"]: p["joints"] for p in pred} for pred in predictions)
   assert sorted(multi_pred) == sorted(single_pred) and len(multi_pred) == 8
   for index, joints in multi_pred.items():
     # Stored rounded to 0.01 px: two equal predictions can round 0.01 apart.

@@ -349,8 +349,10 @@ def _train(r: _Runner) -> dict:
   result = {"step": start, "eval": None, "preempted": False}
 
   def preempted_exit(step):
-    r.save(state, step, data_iter)
     r.manager.wait_until_finished()
+    if step not in r.manager.all_steps():  # A periodic save may have just written it.
+      r.save(state, step, data_iter)
+      r.manager.wait_until_finished()
     if r.chief:
       print(f"Preempted at step {step}: checkpoint saved in "
             f"{ckpt.checkpoint_dir(workdir)}; rerun the same command to resume.",

@@ -137,6 +137,15 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
   targets, weights = make_targets(model, batch["joints"], batch["visible"],
                                   config.input_size, config.sigma)
 
+  # The losses average over this device's annotated joints. Rescaled by this device's
+  # share of the global annotated count (times the device count, undone by the pmean
+  # below), the average runs over the global batch's joints whatever the device count.
+  local_weight = jnp.sum(weights)
+  global_weight = lax.psum(local_weight, axis_name)
+  num_devices = lax.psum(1, axis_name)
+  share = jnp.where(global_weight > 0,
+                    num_devices * local_weight / jnp.maximum(global_weight, 1e-12), 1.0)
+
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
     outputs, updates = model.apply(
@@ -144,7 +153,7 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
         rngs={"perturb": model_rng, "dropout": model_rng})
     outputs = [o.astype(jnp.float32) for o in outputs]
     total, per_stage = compute_loss(model, outputs, targets, weights, config)
-    return total, (per_stage, updates.get("batch_stats", {}))
+    return share * total, (share * per_stage, updates.get("batch_stats", {}))
 
   (loss, (per_stage, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -161,8 +170,9 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
     d = config.ema_decay
     ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
-  # NaN/Inf guard: every device sees the same averaged values, so all agree to skip.
-  finite = jnp.isfinite(loss) & _all_finite(grads)
+  # NaN/Inf guard: every device sees the same averaged values, so all agree to skip. The
+  # new params are checked too: a huge step can overflow them with finite gradients.
+  finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1,

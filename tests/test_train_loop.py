@@ -1,0 +1,205 @@
+"""The training loop end to end, through the CLI: resume, preemption, NaN, the lock.
+
+Every run is the same tiny configuration on the synthetic set, in a subprocess (SIGTERM
+and SIGKILL need one). A shared persistent compilation cache keeps the repeated runs from
+compiling the same program again.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jhpe  # pylint: disable=unused-import  # Before JAX: CPU XLA flags.
+import numpy as np
+import pytest
+
+from jhpe.train import checkpoint as ckpt
+from jhpe.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 60
+
+TINY_FLAGS = """\
+--dataset=synthetic/tiny
+--data_dir={data_dir}
+--input_size=32
+--batch_size=8
+--eval_batch_size=16
+--num_stacks=1
+--num_features=8
+--depth=1
+--num_train_steps={steps}
+--log_every=1
+--checkpoint_every=4
+--keep_checkpoints=2
+--learning_rate=1e-3
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("loop")
+  flagfile = root / "tiny.flags"
+  flagfile.write_text(TINY_FLAGS.format(data_dir=root / "tfds", steps=NUM_STEPS))
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+  ctx = dict(root=root, flagfile=str(flagfile), env=env)
+  proc = _run(ctx, root / "reference")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ctx["reference"] = _results(root / "reference")
+  return ctx
+
+
+def _cmd(ctx, workdir, *extra):
+  return [sys.executable, "-m", "experiments.hourglass", f"--flagfile={ctx['flagfile']}",
+          f"--workdir={workdir}", *extra]
+
+
+def _run(ctx, workdir, *extra):
+  return subprocess.run(_cmd(ctx, workdir, *extra), env=ctx["env"], cwd=REPO,
+                        capture_output=True, text=True, timeout=900)
+
+
+def _start(ctx, workdir, *extra):
+  return subprocess.Popen(_cmd(ctx, workdir, *extra), env=ctx["env"], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _losses(workdir):
+  losses = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "loss" in record:
+        assert record["step"] not in losses, "a step logged twice"
+        losses[record["step"]] = record["loss"]
+  return losses
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "eval", "synthetic_tiny_test.json")) as f:
+    return dict(losses=_losses(workdir), eval=json.load(f))
+
+
+def _wait(predicate, proc, timeout=600):
+  start = time.time()
+  while not predicate():
+    assert proc.poll() is None, f"the run ended early: {proc.communicate()[1][-2000:]}"
+    assert time.time() - start < timeout, "timed out"
+    time.sleep(0.01)
+
+
+def _logged_step(workdir):
+  try:
+    return max(_losses_partial(workdir) or [0])
+  except FileNotFoundError:
+    return 0
+
+
+def _losses_partial(workdir):
+  steps = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      try:
+        steps.append(json.loads(line)["step"])
+      except ValueError:
+        pass
+  return steps
+
+
+def _complete_checkpoints(workdir):
+  root = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(n) for n in os.listdir(root) if n.isdigit() and os.path.exists(
+      os.path.join(root, n, ckpt.COMMIT_MARKER)))
+
+
+def test_reference_run_trains_and_writes_the_workdir(tiny):
+  ref = tiny["reference"]
+  workdir = tiny["root"] / "reference"
+  assert sorted(ref["losses"]) == list(range(1, NUM_STEPS + 1))
+  assert ref["losses"][NUM_STEPS] < ref["losses"][1]
+  assert ref["eval"]["step"] == NUM_STEPS and ref["eval"]["num_examples"] == 32
+  assert set(ref["eval"]["per_joint"]) >= {"head_top", "mean"}
+  with open(workdir / "eval" / "synthetic_tiny_test_predictions.json") as f:
+    predictions = json.load(f)
+  assert len(predictions) == 32 and np.shape(predictions[0]["joints"]) == (14, 2)
+  assert (workdir / "config.json").exists() and (workdir / "tensorboard").is_dir()
+  assert ckpt.latest_step(str(workdir)) == NUM_STEPS
+
+
+def test_sigterm_then_sigkill_then_restart_ends_as_uninterrupted(tiny):
+  workdir = tiny["root"] / "interrupted"
+  # 1. SIGTERM mid-training: a checkpoint of the current step, a clean exit.
+  proc = _start(tiny, workdir)
+  _wait(lambda: _logged_step(workdir) >= 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-2000:]
+  assert "Preempted at step" in out
+  preempted_at = ckpt.latest_step(str(workdir))
+  assert 3 <= preempted_at < NUM_STEPS
+  # 2. SIGKILL after a later periodic checkpoint, wherever the run is then.
+  proc = _start(tiny, workdir)
+  _wait(lambda: any(s > preempted_at + 4 for s in _complete_checkpoints(workdir)), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (workdir / "eval").exists()
+  # 3. The same command again: resumes and ends bitwise as the uninterrupted run.
+  proc = _run(tiny, workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Resuming from the checkpoint of step" in proc.stdout
+  got = _results(workdir)
+  assert got["losses"] == tiny["reference"]["losses"]
+  assert got["eval"]["per_joint"] == tiny["reference"]["eval"]["per_joint"]
+
+
+def test_nan_stops_with_the_step_and_keeps_good_checkpoints(tiny):
+  workdir = tiny["root"] / "nan_stop"
+  explode = ("--schedule=step", "--decay_steps=6", "--decay_factor=1e30")
+  proc = _run(tiny, workdir, *explode)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][-1]
+  assert "non-finite loss or gradients at step" in line and "--nan_policy=skip" in line
+  bad_step = int(line.split("at step ")[1].split()[0])
+  good = ckpt.latest_step(str(workdir))
+  assert 6 < bad_step and good is not None and good < bad_step
+  variables, _ = ckpt.restore_variables(str(workdir))
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in __import__("jax").tree.leaves(variables))
+  assert not (workdir / "eval").exists()
+  # The skip policy goes on to the end, counting the skipped steps.
+  workdir = tiny["root"] / "nan_skip"
+  proc = _run(tiny, workdir, *explode, "--nan_policy=skip")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(l) for l in f]
+  skipped = [r["skipped_steps"] for r in records if "skipped_steps" in r]
+  assert skipped[-1] > 0 and skipped[0] == 0
+  assert (workdir / "eval" / "synthetic_tiny_test.json").exists()
+
+
+def test_second_run_in_the_same_workdir_refuses(tiny, tmp_path):
+  workdir = tmp_path / "locked"
+  workdir.mkdir()
+  with loop.WorkdirLock(str(workdir)):
+    proc = _run(tiny, workdir)
+  assert proc.returncode == 2
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "is in use by another run" in errors[0]
+  assert f"pid {os.getpid()}" in errors[0]
+  assert not (workdir / "checkpoints").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+  (tmp_path / loop.LOCK_FILENAME).write_text("pid 999999 on elsewhere\n")
+  with loop.WorkdirLock(str(tmp_path)) as lock:
+    assert f"pid {os.getpid()}" in open(lock.path).read()
+    with pytest.raises(loop.WorkdirLockedError):
+      loop.WorkdirLock(str(tmp_path)).acquire()
