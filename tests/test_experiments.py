@@ -80,3 +80,91 @@ def test_every_flagfile_parses_and_validates():
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, f"{name}: {proc.stderr[-1500:]}"
+
+
+# -- experiments.evaluate: a workdir's checkpoint on any split. --
+
+
+@pytest.fixture(scope="module")
+def eval_workdir(tmp_path_factory):
+  """A workdir with config.json and one checkpoint (step 2) of a tiny hourglass.
+
+  The weights are the initial ones: the entry point is under test here, not training
+  (tests/test_train_loop.py trains), so no training run is paid for.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jhpe.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("evaluate")
+  workdir = str(root / "run")
+  config = config_lib.Config(
+      model="hourglass", model_kwargs=dict(num_stacks=1, num_features=8, depth=1),
+      dataset="synthetic/tiny", data_dir=str(root / "tfds"), input_size=32, batch_size=8,
+      eval_batch_size=8, flip_test=False).validate()
+  os.makedirs(workdir)
+  config_lib.save_config(config, workdir)
+  state = state_lib.create_train_state(jax.random.PRNGKey(0),
+                                       config_lib.build_model(config), config)
+  manager = checkpoint.make_manager(workdir, async_save=False)
+  checkpoint.save(manager, 2, state.to_dict())
+  manager.wait_until_finished()
+  manager.close()
+  return workdir
+
+
+def test_evaluate_writes_the_eval_files_and_prints_the_table(eval_workdir):
+  proc = _run("experiments.evaluate", f"--workdir={eval_workdir}", "--which=latest",
+              "--split=test", "--num_examples=8", "--nofigures")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(eval_workdir, "eval", "synthetic_tiny_test.json")) as f:
+    results = json.load(f)
+  assert results["dataset"] == "synthetic/tiny" and results["split"] == "test"
+  assert results["step"] == 2 and results["checkpoint"].endswith(os.path.join(
+      "checkpoints", "2"))
+  assert results["num_examples"] == 8 and "head_top" in results["per_joint"]
+  with open(os.path.join(eval_workdir, "eval",
+                         "synthetic_tiny_test_predictions.json")) as f:
+    predictions = json.load(f)
+  assert len(predictions) == 8
+  assert all(len(p["joints"]) == 14 and len(p["confidence"]) == 14 for p in predictions)
+  assert "PCK@0.2 on synthetic/tiny test (8 people, step 2)" in proc.stdout
+  assert "head_top" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--dataset=mpii"], "skeleton 'mpii'"),
+    (["--dataset=nope"], "'nope'"),
+    (["--split=nope"], "'nope'"),
+    (["--which=7"], "no checkpoint of step 7"),
+    (["--which=newest"], "--which='newest'"),
+])
+def test_evaluate_bad_input_is_one_line_and_keeps_the_files(eval_workdir, flags,
+                                                             expected):
+  # The eval files of an earlier evaluation must survive a failed one.
+  eval_dir = os.path.join(eval_workdir, "eval")
+  os.makedirs(eval_dir, exist_ok=True)
+  marker = os.path.join(eval_dir, "synthetic_tiny_test.json")
+  if not os.path.exists(marker):
+    with open(marker, "w") as f:
+      f.write("{}")
+  before = {n: open(os.path.join(eval_dir, n), "rb").read() for n in os.listdir(eval_dir)}
+  proc = _run("experiments.evaluate", f"--workdir={eval_workdir}", *flags)
+  errors = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert len(errors) == 1 and errors[0].startswith("error:"), proc.stderr[-2000:]
+  assert expected in errors[0]
+  after = {n: open(os.path.join(eval_dir, n), "rb").read() for n in os.listdir(eval_dir)}
+  assert after == before
+
+
+def test_evaluate_without_a_checkpoint_is_one_line(tmp_path, eval_workdir):
+  workdir = tmp_path / "no_checkpoint"
+  workdir.mkdir()
+  with open(os.path.join(eval_workdir, "config.json")) as f:
+    (workdir / "config.json").write_text(f.read())
+  proc = _run("experiments.evaluate", f"--workdir={workdir}")
+  errors = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+  assert "no checkpoint" in errors[0] and str(workdir) in errors[0]
+  assert not (workdir / "eval").exists()

@@ -116,6 +116,55 @@ def test_two_processes_pmean_gradients_like_one(tmp_path):
   np.testing.assert_allclose(multi["losses"], single["losses"], rtol=RTOL)
 
 
+# One process of the preemption test: SIGTERM reaches process 1 only, before its poll 3
+# (as when the scheduler signals the hosts at different times); every process must still
+# stop at that same poll, or one would wait in the checkpoint barrier while the other
+# runs a train step.
+_PREEMPT_WORKER = """
+import json, os, signal, sys
+import jhpe
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]), initialization_timeout=60)
+from jhpe.train import loop
+stopped_at = None
+with loop.PreemptionFlag() as flag:
+  for poll in range(8):
+    if poll == 3 and jax.process_index() == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    if flag():
+      stopped_at = poll
+      break
+with open(sys.argv[3], "w") as f:
+  json.dump({"stopped_at": stopped_at, "sync": flag.sync}, f)
+jax.distributed.shutdown()
+"""
+
+
+def test_sigterm_on_one_process_stops_every_process_at_the_same_poll(tmp_path):
+  address = f"127.0.0.1:{_free_port()}"
+  outs = [tmp_path / f"process{i}.json" for i in range(2)]
+  with _Processes() as processes:
+    for i in range(2):
+      processes.start([sys.executable, "-c", _PREEMPT_WORKER, address, str(i),
+                       str(outs[i])], tmp_path / f"process{i}.log")
+    processes.wait_all()
+  results = [json.loads(out.read_text()) for out in outs]
+  assert [r["sync"] for r in results] == [True, True]
+  # Process 0 never got the signal: it stops because process 1 did, at the same poll.
+  assert [r["stopped_at"] for r in results] == [3, 3]
+
+
+def test_single_process_flag_does_not_sync():
+  """One process: the flag is the plain signal flag (no collective per poll)."""
+  from jhpe.train import loop  # pylint: disable=g-import-not-at-top
+  flag = loop.PreemptionFlag()
+  assert not flag.sync and not flag()
+  flag.requested = True
+  assert flag()
+
+
 # --sync_batch_norm: BatchNorm statistics over the global batch. Without it each device
 # normalises over its own share, so the loss depends on the device count by design.
 # --aug_rotation=0 --aug_scale=0: every joint stays on the heatmap, so every device's

@@ -138,7 +138,9 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
         {k: batch[k] for k in ("visible", "normaliser", "index", "valid")}, mesh))
     outs.append({**out, **host})
     if collect_figures and jax.process_index() == 0:
-      _keep_grid_examples(grid, batch, out, host, alpha)
+      # The gathered arrays hold every process's rows in process order; the grid pairs
+      # them with this process's own batch (its canvases), so it takes this process's rows.
+      _keep_grid_examples(grid, batch, _local_rows(out, local_batch), alpha)
   res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   keep = (res["valid"] > 0) & (res["index"] >= 0)
   if num_examples:
@@ -190,8 +192,21 @@ def _num(x) -> Optional[float]:
   return None if math.isnan(x) else x
 
 
-def _keep_grid_examples(grid, batch, out, host, alpha):
-  """Keeps the NUM_GRID_EXAMPLES best and worst examples (canvas coordinates)."""
+def _local_rows(tree, local_batch: int):
+  """This process's rows (local_batch, ...) of gathered global arrays (B_global, ...)."""
+  start = jax.process_index() * local_batch
+  return jax.tree.map(lambda x: x[start:start + local_batch], tree)
+
+
+def _keep_grid_examples(grid, batch, out, alpha):
+  """Keeps the NUM_GRID_EXAMPLES best and worst examples (canvas coordinates).
+
+  Args:
+    grid: the kept examples so far (updated in place).
+    batch: this process's host batch (B, ...).
+    out: the eval step's outputs for the same B examples (`joints`, `gt_joints`).
+    alpha: the metric's threshold.
+  """
   to_canvas = np.linalg.inv(batch["canvas_to_original"].astype(np.float64))
   pred_c = np.einsum("bij,bkj->bki", to_canvas[:, :2, :2], out["joints"]) + \
       to_canvas[:, None, :2, 2]
@@ -281,6 +296,11 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   """Evaluates a workdir's checkpoint ('latest', 'best' or a step) on any dataset split.
 
   Writes eval/<dataset>_<split>.json and the predictions file; returns the results.
+
+  Raises:
+    ValueError: no config.json; an unknown dataset or split; a dataset whose skeleton is
+      not the one the model predicts. CheckpointError (a ValueError): no checkpoint, or
+      one that does not fit the config. All before anything is written.
   """
   from jhpe.train import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
   from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -290,6 +310,16 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
     config = config.replace(**overrides)
   dataset = dataset or config.dataset
   split = split or config.eval_split
+  # The model's outputs are the joints of the dataset it was trained for: another
+  # skeleton would be scored joint by joint against the wrong joints.
+  trained = config_lib.skeleton_of(config)
+  target = skeleton_of(dataset)  # ValueError naming an unknown dataset.
+  if target.name != trained.name:
+    raise ValueError(
+        f"dataset {dataset!r}: its skeleton {target.name!r} ({target.num_joints} joints) "
+        f"is not the model's {trained.name!r} ({trained.num_joints} joints, trained for "
+        f"{config.dataset!r}) in {workdir}; evaluate on a dataset with the "
+        f"{trained.name!r} skeleton.")
   config = config.replace(dataset=dataset, eval_split=split)
   config.validate(num_devices=jax.device_count(), num_processes=jax.process_count())
   model = config_lib.build_model(config)

@@ -5,7 +5,8 @@ What a run guarantees:
   checkpoint (params, optimiser, step, RNG, data iterator); randomness is a function of
   (seed, step, example), so on the CPU the resumed run ends bitwise as an uninterrupted one.
 - Preemption: SIGTERM (during training or evaluation) saves a checkpoint at the current
-  step and returns cleanly (`result['preempted']`); the restart continues exactly.
+  step and returns cleanly (`result['preempted']`); the restart continues exactly. In a
+  multi-host run a SIGTERM on any process stops every process at the same step.
 - NaN/Inf: a step whose loss, gradients or new params are not finite is not applied.
   `nan_policy='stop'` stops the run with `NonFiniteError` naming the step (checkpoints on
   disk are all from good steps); 'skip' counts it (`skipped_steps` in metrics.jsonl) and
@@ -108,14 +109,32 @@ class WorkdirLock:
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (installed only in the main thread); the loop polls it."""
+  """Set by SIGTERM (installed only in the main thread); the loop polls it.
 
-  def __init__(self):
+  In a multi-host run the processes catch SIGTERM at different times, yet they must stop
+  at the same step: one process saving (a collective barrier) while another runs a train
+  step (another collective) would hang both. So each poll, which every process makes at
+  the same point of the loop (each step, each eval batch), all-gathers the processes'
+  flags and answers True on every process as soon as any of them was signalled.
+
+  Args:
+    sync: agree over processes at each poll (default: when there are several).
+  """
+
+  def __init__(self, sync: Optional[bool] = None):
     self.requested = False
     self._previous = None
+    self.sync = jax.process_count() > 1 if sync is None else sync
 
   def __call__(self) -> bool:
-    return self.requested
+    if not self.sync:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    # One int32 per process per poll: small beside a train step's gradient all-reduce.
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    # `or`: a SIGTERM landing during the gather is kept for the next poll, not lost.
+    self.requested = self.requested or bool(np.any(flags))
+    return bool(np.any(flags))
 
   def _handler(self, signum, frame):
     del signum, frame
@@ -252,7 +271,16 @@ class _Runner:
     return steps_lib.replicate_mesh(state, self.mesh)
 
   def to_host_state(self, state) -> state_lib.TrainState:
-    return steps_lib.unreplicate_pmap(state) if self.pmap else state
+    """The state as numpy arrays on the host (one copy), to save or to evaluate.
+
+    Orbax refuses to save a process-local jax.Array in a multi-host run (pmap's per-device
+    copies are process-local), and a shard_map state is replicated over every process's
+    devices: numpy arrays, written once by the primary process, suit both. pmap keeps a
+    copy per local device on a leading axis (dropped here); the shard_map state has none.
+    """
+    if self.pmap:
+      state = steps_lib.unreplicate_pmap(state)
+    return jax.device_get(state)
 
   def device_batch(self, batch):
     batch = {k: batch[k] for k in ("image", "joints", "visible")}

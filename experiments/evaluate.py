@@ -1,0 +1,110 @@
+r"""Evaluates a training workdir's checkpoint on any dataset split.
+
+  python -m experiments.evaluate --workdir=/tmp/quickstart
+  python -m experiments.evaluate --workdir=DIR --which=best --dataset=lsp --split=test
+  python -m experiments.evaluate --workdir=DIR --which=4000 --dataset=synthetic/tiny \
+      --data_dir=/tmp/tfds
+
+Writes `<workdir>/eval/<dataset>_<split>.json` (metrics: mean and per joint, the step, the
+checkpoint used) and `<workdir>/eval/<dataset>_<split>_predictions.json`, draws the eval
+figures, and prints the evaluation table. The model, input size, decoding and flip test
+are the workdir's (config.json); --dataset and --split default to its evaluation split.
+
+Bad input (no checkpoint, an unknown dataset or split, a dataset whose skeleton is not
+the model's) is one line on stderr naming it, exit status 2, before anything is written:
+the workdir's existing files are left as they are.
+"""
+
+import sys
+from typing import Sequence
+
+import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", None, "The training workdir to evaluate (required).")
+flags.DEFINE_string("which", "latest", "Checkpoint: 'latest', 'best' (highest validation "
+                    "metric) or a step number.")
+flags.DEFINE_string("dataset", "", "Dataset, e.g. lsp, mpii, synthetic/tiny ('' = the "
+                    "workdir's).")
+flags.DEFINE_string("split", "", "Split ('' = the workdir's evaluation split).")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the workdir's).")
+flags.DEFINE_string("manual_dir", None, "Folder of the official archives (default: the "
+                    "workdir's).")
+flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples (0 = all).")
+flags.DEFINE_integer("eval_batch_size", None, "Global eval batch size (default: the "
+                     "workdir's).")
+flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
+# Multi-host (jax.distributed), as the training entry points (`launch.sh multihost`).
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _which(value: str):
+  """'latest' | 'best' | a step number (int)."""
+  if value in ("latest", "best"):
+    return value
+  if value.isdigit():
+    return int(value)
+  raise ValueError(f"--which={value!r}: expected 'latest', 'best' or a step number.")
+
+
+def _overrides() -> dict:
+  """The Config fields the flags replace (only those given)."""
+  overrides = {}
+  for name in ("data_dir", "manual_dir", "eval_batch_size"):
+    if FLAGS[name].value is not None:
+      overrides[name] = FLAGS[name].value
+  if FLAGS.num_examples < 0:
+    raise ValueError(f"--num_examples={FLAGS.num_examples}: expected >= 0.")
+  return overrides
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected positional arguments {argv[1:]} (flags start with --).")
+  if not FLAGS["verbosity"].present:
+    # Orbax and TFDS log every restore and read at INFO: keep the output to the table
+    # (and an error to its one line) unless --verbosity asks for more.
+    logging.set_verbosity(logging.ERROR)
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  try:
+    if not FLAGS.workdir:
+      raise ValueError("--workdir is required (the training workdir to evaluate).")
+    which = _which(FLAGS.which)
+    overrides = _overrides()
+    common.init_distributed()
+    results = eval_lib.evaluate_workdir(
+        FLAGS.workdir, which=which, dataset=FLAGS.dataset or None,
+        split=FLAGS.split or None, num_examples=FLAGS.num_examples,
+        overrides=overrides, figures=FLAGS.figures)
+  except ValueError as e:  # CheckpointError is one.
+    _fail(str(e).splitlines()[0] if str(e) else repr(e))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(eval_lib.format_table(results), flush=True)
+
+
+class _OneLineFlagErrors:
+  """absl prints a flag error plus the whole usage text; we print one line instead."""
+
+  @staticmethod
+  def parse(argv):
+    try:
+      return FLAGS(argv)
+    except flags.Error as e:
+      _fail(f"{str(e).splitlines()[0]} (see --helpfull)")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_OneLineFlagErrors.parse)
