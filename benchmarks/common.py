@@ -74,9 +74,12 @@ VARIANTS = {
 }
 
 
-def add_common_flags(parser: argparse.ArgumentParser):
-  """Flags every benchmark takes (threads, repeats, variants, JSON output)."""
-  parser.add_argument('--repeats', type=int, default=5,
+def add_common_flags(parser: argparse.ArgumentParser, repeats=5):
+  """Flags every benchmark takes (threads, repeats, variants, JSON output).
+
+  `repeats` is the benchmark's default for --repeats (slow benchmarks take fewer).
+  """
+  parser.add_argument('--repeats', type=int, default=repeats,
                       help='timed calls per figure (the median is reported)')
   parser.add_argument('--warmup', type=int, default=1,
                       help='untimed calls after compilation')
@@ -322,9 +325,14 @@ def run_variants(module, argv, variants, timeout=None):
   return rows
 
 
-def maybe_run_variants(module, args, argv, title, columns=None):
-  """If --variants was given, runs them, prints the combined table and returns True."""
+def run_variants_or_pin_threads(module, args, argv, title, columns=None):
+  """If --variants was given, runs them, prints the combined table and returns True.
+
+  Else pins this process to --threads (before JAX starts: see `set_threads`) and returns
+  False: the caller then measures in this process.
+  """
   if not args.variants:
+    set_threads(args.threads)
     return False
   names = [v.strip() for v in args.variants.split(',') if v.strip()]
   rows = run_variants(module, argv if argv is not None else sys.argv[1:], names)

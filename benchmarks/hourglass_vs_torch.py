@@ -173,8 +173,7 @@ def parse_args(argv):
   parser.add_argument('--dtype', default='float32',
                       help="jhpe compute dtype (the comparison is float32; 'bfloat16' "
                            'to try mixed precision)')
-  common.add_common_flags(parser)
-  parser.set_defaults(repeats=3)
+  common.add_common_flags(parser, repeats=3)
   return parser.parse_args(argv)
 
 
@@ -183,10 +182,9 @@ def main(argv=None):
   args = parse_args(argv)
   title = (f'stacked hourglass: jhpe vs PyTorch port, {args.size}x{args.size}, batch '
            f'{args.batch}, ratio = jhpe img/s / torch img/s')
-  if common.maybe_run_variants('benchmarks.hourglass_vs_torch', args, argv, title,
-                               COLUMNS):
+  if common.run_variants_or_pin_threads('benchmarks.hourglass_vs_torch', args, argv,
+                                        title, COLUMNS):
     return
-  common.set_threads(args.threads)
   rows = []
   for stacks in [int(s) for s in args.stacks.split(',')]:
     new = compare(stacks, args.batch, args.size, args.features, args.joints, args.depth,

@@ -70,9 +70,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   title = 'inference (eval mode, decode included; flip = flip test)'
-  if common.maybe_run_variants('benchmarks.inference', args, argv, title, COLUMNS):
+  if common.run_variants_or_pin_threads('benchmarks.inference', args, argv, title, COLUMNS):
     return
-  common.set_threads(args.threads)
   names = [c.strip() for c in args.configs.split(',') if c.strip()]
   for name in names:
     train_step.make_config(name, 1)  # Fail early on a bad name.

@@ -104,10 +104,9 @@ def main(argv):
   unknown = [c for c in names if c not in CONFIGS]
   if unknown:
     parser.error(f'--configs: unknown {unknown}; choose from {", ".join(CONFIGS)}')
-  if common.maybe_run_variants('benchmarks.input_pipeline', args, argv,
-                               'input pipeline (images/s)', COLUMNS):
+  if common.run_variants_or_pin_threads('benchmarks.input_pipeline', args, argv,
+                                        'input pipeline (images/s)', COLUMNS):
     return
-  common.set_threads(args.threads)
   rows = [run_config(name, args) for name in names]
   common.report(rows, args, 'input pipeline (images/s): host = grain loader, '
                 'device = jitted augment + target heatmaps', COLUMNS)

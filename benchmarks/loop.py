@@ -113,8 +113,7 @@ def parse_args(argv):
   parser.add_argument('--steps', type=int, default=10, help='batches per timed block')
   parser.add_argument('--num_workers', default='0',
                       help='comma list of grain worker counts (0 = in the main process)')
-  common.add_common_flags(parser)
-  parser.set_defaults(repeats=3)
+  common.add_common_flags(parser, repeats=3)
   return parser.parse_args(argv)
 
 
@@ -122,9 +121,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   title = f'training loop vs train step alone, batch {args.batch}'
-  if common.maybe_run_variants('benchmarks.loop', args, argv, title, COLUMNS):
+  if common.run_variants_or_pin_threads('benchmarks.loop', args, argv, title, COLUMNS):
     return
-  common.set_threads(args.threads)
   rows = []
   for name in [c.strip() for c in args.configs.split(',') if c.strip()]:
     for workers in [int(w) for w in args.num_workers.split(',')]:

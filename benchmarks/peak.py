@@ -193,9 +193,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   title = 'peak FLOP/s (float32)'
-  if common.maybe_run_variants('benchmarks.peak', args, argv, title, COLUMNS):
+  if common.run_variants_or_pin_threads('benchmarks.peak', args, argv, title, COLUMNS):
     return
-  common.set_threads(args.threads)
   rows = measure(args.matmul_size, args.conv_batch, args.conv_size, args.conv_channels,
                  tuple(args.layouts.split(',')), args.torch, args.repeats, args.warmup)
   common.report(rows, args, title, COLUMNS)

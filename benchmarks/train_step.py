@@ -150,8 +150,7 @@ def parse_args(argv):
   parser.add_argument('--dtype', default='float32', help='compute dtype (float32/bfloat16)')
   parser.add_argument('--peak_matmul_size', type=int, default=2048)
   parser.add_argument('--peak_conv_size', type=int, default=64)
-  common.add_common_flags(parser)
-  parser.set_defaults(repeats=3)
+  common.add_common_flags(parser, repeats=3)
   return parser.parse_args(argv)
 
 
@@ -159,9 +158,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   title = f'train step ({args.dtype}), batch {args.batch}'
-  if common.maybe_run_variants('benchmarks.train_step', args, argv, title, COLUMNS):
+  if common.run_variants_or_pin_threads('benchmarks.train_step', args, argv, title, COLUMNS):
     return
-  common.set_threads(args.threads)
   names = [c.strip() for c in args.configs.split(',') if c.strip()]
   for name in names:
     make_config(name, args.batch)  # Fail early on a bad name.

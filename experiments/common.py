@@ -36,10 +36,7 @@ def _define_common_flags() -> None:
   flags.DEFINE_bool("summary", False, "Print one JSON line {model, params, "
                     "flops_per_image, input_size} and exit.")
   flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's latest checkpoint only.")
-  # Multi-host (jax.distributed); SLURM's environment is detected when these are unset.
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
-  flags.DEFINE_integer("process_id", None, "This process's index.")
+  define_distributed_flags()
   # Data.
   flags.DEFINE_string("dataset", d.dataset, "Evaluation dataset, e.g. lsp, mpii, "
                       "synthetic, synthetic/tiny.")
@@ -134,6 +131,16 @@ def config_from_flags(model: str, model_kwarg_flags: Sequence[str]) -> config_li
   return config_lib.Config(model=model, model_kwargs=kwargs, **values)
 
 
+def define_distributed_flags() -> None:
+  """The multi-host flags `init_distributed` reads (training and evaluation entry points).
+
+  SLURM's environment is detected when they are unset.
+  """
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
 def init_distributed() -> None:
   """Starts jax.distributed from the flags, or from SLURM's environment when present."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -145,7 +152,8 @@ def init_distributed() -> None:
     jax.distributed.initialize()  # JAX's SLURM cluster detection fills in the rest.
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+  """Bad input: one line `error: message` on stderr, exit status 2."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
 
@@ -153,7 +161,7 @@ def _fail(message: str) -> None:
 def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> None:
   """The shared main: validate, then --summary, --eval_only, or train and evaluate."""
   if len(argv) > 1:
-    _fail(f"unexpected positional arguments {argv[1:]} (flags start with --).")
+    fail(f"unexpected positional arguments {argv[1:]} (flags start with --).")
   try:
     config = config_from_flags(model, model_kwarg_flags)
     if FLAGS.summary:
@@ -172,7 +180,7 @@ def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> N
     import jax  # pylint: disable=g-import-not-at-top
     config.validate(num_devices=jax.device_count(), num_processes=jax.process_count())
   except ValueError as e:
-    _fail(str(e))
+    fail(str(e))
 
   from jhpe.train import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
   from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
@@ -183,7 +191,7 @@ def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> N
       return
     result = loop.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, ckpt.CheckpointError, loop.WorkdirLockedError) as e:
-    _fail(str(e))
+    fail(str(e))
   except loop.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(3)
@@ -191,18 +199,16 @@ def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> N
     logging.info("Preempted at step %d; exiting cleanly.", result["step"])
 
 
-class _OneLineFlagErrors:
-  """absl prints a flag error plus the whole usage text; we print one line instead."""
-
-  @staticmethod
-  def parse(argv):
-    try:
-      return FLAGS(argv)
-    except flags.Error as e:
-      _fail(f"{str(e).splitlines()[0]} (see --helpfull)")
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl.app.run's flags_parser: absl prints a flag error plus the whole usage text; we
+  print one line instead."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{str(e).splitlines()[0]} (see --helpfull)")
 
 
 def run(model: str, model_kwarg_flags: Sequence[str]) -> None:
   """absl.app.run with one-line flag errors; the entry points' `__main__`."""
   app.run(lambda argv: main(argv, model, model_kwarg_flags),
-          flags_parser=_OneLineFlagErrors.parse)
+          flags_parser=parse_flags)

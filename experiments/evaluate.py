@@ -15,13 +15,14 @@ the model's) is one line on stderr naming it, exit status 2, before anything is 
 the workdir's existing files are left as they are.
 """
 
-import sys
 from typing import Sequence
 
 import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 from absl import app
 from absl import flags
 from absl import logging
+
+from experiments import common
 
 FLAGS = flags.FLAGS
 
@@ -39,14 +40,7 @@ flags.DEFINE_integer("eval_batch_size", None, "Global eval batch size (default: 
                      "workdir's).")
 flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
 # Multi-host (jax.distributed), as the training entry points (`launch.sh multihost`).
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
-flags.DEFINE_integer("process_id", None, "This process's index.")
-
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
+common.define_distributed_flags()
 
 
 def _which(value: str):
@@ -71,12 +65,11 @@ def _overrides() -> dict:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected positional arguments {argv[1:]} (flags start with --).")
+    common.fail(f"unexpected positional arguments {argv[1:]} (flags start with --).")
   if not FLAGS["verbosity"].present:
     # Orbax and TFDS log every restore and read at INFO: keep the output to the table
     # (and an error to its one line) unless --verbosity asks for more.
     logging.set_verbosity(logging.ERROR)
-  from experiments import common  # pylint: disable=g-import-not-at-top
   from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   try:
     if not FLAGS.workdir:
@@ -89,22 +82,11 @@ def main(argv: Sequence[str]) -> None:
         split=FLAGS.split or None, num_examples=FLAGS.num_examples,
         overrides=overrides, figures=FLAGS.figures)
   except ValueError as e:  # CheckpointError is one.
-    _fail(str(e).splitlines()[0] if str(e) else repr(e))
+    common.fail(str(e).splitlines()[0] if str(e) else repr(e))
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(eval_lib.format_table(results), flush=True)
 
 
-class _OneLineFlagErrors:
-  """absl prints a flag error plus the whole usage text; we print one line instead."""
-
-  @staticmethod
-  def parse(argv):
-    try:
-      return FLAGS(argv)
-    except flags.Error as e:
-      _fail(f"{str(e).splitlines()[0]} (see --helpfull)")
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=_OneLineFlagErrors.parse)
+  app.run(main, flags_parser=common.parse_flags)

@@ -99,7 +99,7 @@ class _Images:
     return common.read_member(self.zip, self.path, member), f'{self.path}:{member}'
 
 
-class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
+class CocoKeypoints(common.PoseBuilder):
   """COCO 2017 person keypoints, one example per person instance, 17 joints."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -108,14 +108,6 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
       'Place annotations/person_keypoints_{train,val}2017.json (from '
       f'{ANNOTATIONS_URL}) and train2017/, val2017/ (folders or the official zips from '
       f'{BASE_URL}/zips/) in the manual_dir.')
-
-  def __init__(self, *, skip_bad_examples=False, manual_dir=None, **kwargs):
-    """skip_bad_examples: skip and count bad examples (else raise, naming them);
-    manual_dir: the folder holding the official files (else TFDS's manual_dir)."""
-    super().__init__(**kwargs)
-    self.manual_dir = manual_dir
-    self.skip_bad_examples = skip_bad_examples
-    self.skipped = []
 
   def _info(self):
     return self.dataset_info_from_configs(

@@ -43,6 +43,21 @@ class BadExampleError(ValueError):
   """An example that cannot be stored or read faithfully (names the file and index)."""
 
 
+class PoseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """The builders' shared constructor: where the official files are, and bad-example policy.
+
+  Not a dataset itself (`skip_registration`); each subclass sets VERSION, _info, etc.
+  """
+
+  def __init__(self, *, skip_bad_examples=False, manual_dir=None, **kwargs):
+    """skip_bad_examples: skip and count bad examples (else raise, naming them);
+    manual_dir: the folder holding the official files (else TFDS's manual_dir)."""
+    super().__init__(**kwargs)
+    self.manual_dir = manual_dir
+    self.skip_bad_examples = skip_bad_examples
+    self.skipped = []
+
+
 def pose_features(num_joints, **extra):
   """The TFDS features of one example (no tfds.features.Image: it imports TensorFlow)."""
   features = {

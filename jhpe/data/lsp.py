@@ -69,7 +69,7 @@ def load_joints(archive, path, layout, num_images):
   return joints[..., :2] - 1.0, joints[..., 2]
 
 
-class _LeedsBuilder(tfds.core.GeneratorBasedBuilder):
+class _LeedsBuilder(common.PoseBuilder):
   """Common code of the LSP and LSPET builders."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -80,14 +80,6 @@ class _LeedsBuilder(tfds.core.GeneratorBasedBuilder):
   _LAYOUT = ''
   _NUM_IMAGES = 0
   _ID_DIGITS = 4
-
-  def __init__(self, *, skip_bad_examples=False, manual_dir=None, **kwargs):
-    """skip_bad_examples: skip and count bad examples (else raise, naming them);
-    manual_dir: the folder holding the official files (else TFDS's manual_dir)."""
-    super().__init__(**kwargs)
-    self.manual_dir = manual_dir
-    self.skip_bad_examples = skip_bad_examples
-    self.skipped = []
 
   def _open(self, dl_manager):
     manual_dir = common.manual_dir_of(self, dl_manager)

@@ -94,7 +94,7 @@ def parse_entry(entry, where):
   return image, joints, visible, center, 200.0 * 1.25 * s
 
 
-class Mpii(tfds.core.GeneratorBasedBuilder):
+class Mpii(common.PoseBuilder):
   """MPII Human Pose (single persons, Tompson's train/validation split), 16 joints."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -103,14 +103,6 @@ class Mpii(tfds.core.GeneratorBasedBuilder):
       f'Place {IMAGES_ARCHIVE} (from {IMAGES_URL}) or its extracted images/ folder, and '
       f'the annot/ folder (train.json, valid.json, gt_valid.mat; {ANNOTATIONS_URL}) in '
       'the manual_dir.')
-
-  def __init__(self, *, skip_bad_examples=False, manual_dir=None, **kwargs):
-    """skip_bad_examples: skip and count bad examples (else raise, naming them);
-    manual_dir: the folder holding the official files (else TFDS's manual_dir)."""
-    super().__init__(**kwargs)
-    self.manual_dir = manual_dir
-    self.skip_bad_examples = skip_bad_examples
-    self.skipped = []
 
   def _info(self):
     return self.dataset_info_from_configs(

@@ -53,6 +53,12 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   num_test: int = 500
   image_size: int = 128
   seed: int = 0
+  # Difficulty: clutter shapes per image are drawn in [min_clutter, max_clutter); the
+  # probabilities of an occluding box and of a blur.
+  min_clutter: int = 3
+  max_clutter: int = 12
+  occluder_prob: float = 0.3
+  blur_prob: float = 0.5
 
 
 def synthetic_config(num_train, num_test, image_size=128, seed=0):
@@ -129,15 +135,18 @@ def _colour(rng, hue_range, sat=(0.5, 1.0), val=(0.35, 1.0)):
   return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _background(rng, size):
-  """Smooth colour noise plus a gradient plus clutter shapes -> PIL image."""
+def _background(rng, size, clutter=(3, 12)):
+  """Smooth colour noise plus a gradient plus clutter shapes -> PIL image.
+
+  clutter: the number of clutter shapes is drawn in [clutter[0], clutter[1]).
+  """
   low = rng.uniform(0, 255, (4, 4, 3))
   img = Image.fromarray(low.astype(np.uint8)).resize((size, size), Image.BICUBIC)
   arr = np.asarray(img, np.float32)
   arr += rng.normal(0, rng.uniform(3, 20), (size, size, 3))
   img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
   draw = ImageDraw.Draw(img)
-  for _ in range(rng.integers(3, 12)):
+  for _ in range(rng.integers(*clutter) if clutter[1] > clutter[0] else clutter[0]):
     kind = rng.integers(3)
     # Clutter mostly in muted colours, some in limb-like saturated ones (distractors).
     colour = _colour(rng, (0, 1), sat=(0, 0.5) if rng.uniform() < 0.7 else (0.5, 1))
@@ -172,15 +181,22 @@ def _draw_limb(draw, rng, p, q, colour, width_p, width_q):
               width=max(1, int(w / 2)))
 
 
-def render_example(rng, size):
+def render_example(rng, size, clutter=(3, 12), occluder_prob=0.3, blur_prob=0.5):
   """One synthetic image and its annotation.
+
+  Args:
+    rng: a numpy Generator.
+    size: the image side in pixels.
+    clutter: the number of background clutter shapes is drawn in [clutter[0], clutter[1]).
+    occluder_prob: the probability of a box occluding part of the figure.
+    blur_prob: the probability of a Gaussian blur of the whole image.
 
   Returns:
     image (size, size, 3) uint8, joints (14, 2) float32 0-based pixels, occluded (14,).
   """
   joints, attrs = sample_pose(rng, size)
   height, side = attrs['height'], attrs['side']
-  img = _background(rng, size)
+  img = _background(rng, size, clutter)
   draw = ImageDraw.Draw(img)
   # Left limbs warm (reds to yellows), right limbs cool (cyans to blues).
   left_hue, right_hue = rng.uniform(-0.05, 0.12), rng.uniform(0.5, 0.68)
@@ -224,14 +240,14 @@ def render_example(rng, size):
     draw.ellipse([joints[j][0] - rr, joints[j][1] - rr, joints[j][0] + rr,
                   joints[j][1] + rr], fill=skin)
   occluded = np.zeros(NUM_JOINTS, np.float32)
-  if rng.uniform() < 0.3:  # an occluding box over part of the figure
+  if rng.uniform() < occluder_prob:  # an occluding box over part of the figure
     c = joints[rng.integers(NUM_JOINTS)]
     w, h = rng.uniform(0.08, 0.25, 2) * height
     box = [c[0] - w / 2, c[1] - h / 2, c[0] + w / 2, c[1] + h / 2]
     draw.rectangle(box, fill=_colour(rng, (0, 1), sat=(0, 0.4)))
     occluded = ((joints[:, 0] >= box[0]) & (joints[:, 0] <= box[2])
                 & (joints[:, 1] >= box[1]) & (joints[:, 1] <= box[3])).astype(np.float32)
-  if rng.uniform() < 0.5:
+  if rng.uniform() < blur_prob:
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
   return np.asarray(img), joints.astype(np.float32), occluded
 
@@ -251,6 +267,10 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
       SyntheticConfig(name='default', description='2000 train / 500 test, 128 px.'),
       SyntheticConfig(name='tiny', description='64 train / 32 test, 96 px (tests).',
                       num_train=64, num_test=32, image_size=96),
+      SyntheticConfig(name='quickstart', description=(
+          '2000 train / 500 test, 128 px, lighter clutter, fewer occluders and blurs '
+          '(the README quickstart: learnable in a few CPU minutes).'),
+                      min_clutter=0, max_clutter=4, occluder_prob=0.1, blur_prob=0.2),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -280,7 +300,8 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     for i in range(count):
       rng = np.random.default_rng([c.seed, split, i])
-      image, joints, occluded = render_example(rng, c.image_size)
+      image, joints, occluded = render_example(
+          rng, c.image_size, (c.min_clutter, c.max_clutter), c.occluder_prob, c.blur_prob)
       visible = np.ones(NUM_JOINTS, np.float32)
       center, scale = common.person_center_scale(joints, visible)
       yield i, dict(id=f'{"train" if split == 0 else "test"}_{i:06d}',

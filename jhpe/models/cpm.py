@@ -108,7 +108,7 @@ class CPM(nn.Module):
     return self.num_joints + 1
 
   def _ch(self, c: int) -> int:
-    return max(1, int(round(c * self.width)))
+    return layers.scaled_channels(c, self.width)
 
   def _conv(self, c, k, name, relu=True, scale=True):
     f = self._ch(c) if scale else c

@@ -57,7 +57,7 @@ class AlexNetRegressor(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    ch = lambda c: max(1, int(round(c * self.width)))
+    ch = lambda c: layers.scaled_channels(c, self.width)
 
     def block(x, c, k, stride, name, norm):
       x = nn.Conv(ch(c), (k, k), (stride, stride), padding="SAME", name=name, **kw)(x)
@@ -104,7 +104,7 @@ class ResNetRegressor(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    ch = lambda c: max(1, int(round(c * self.width)))
+    ch = lambda c: layers.scaled_channels(c, self.width)
     x = nn.Conv(ch(64), (7, 7), (2, 2), padding="SAME", use_bias=False, name="stem", **kw)(x)
     x = nn.relu(layers.batch_norm(train, axis_name=self.bn_axis_name, name="stem_bn",
                                   **kw)(x))

@@ -24,6 +24,11 @@ def check_positive(name: str, value: Any, allowed: str = "an integer >= 1") -> N
     raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
+def scaled_channels(channels: int, width: float) -> int:
+  """`channels` times the width multiplier, rounded, at least 1 (thin test models)."""
+  return max(1, int(round(channels * width)))
+
+
 def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype,
                axis_name: Optional[str] = None, name: Optional[str] = None):
   """BatchNorm with Torch's momentum/epsilon; batch statistics only in train mode.
