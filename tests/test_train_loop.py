@@ -212,3 +212,64 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert f"pid {os.getpid()}" in open(lock.path).read()
     with pytest.raises(loop.WorkdirLockedError):
       loop.WorkdirLock(str(tmp_path)).acquire()
+
+
+class _SigtermDuringEval:
+  """An eval loader that sends this process a SIGTERM as it hands out its first batch.
+
+  `evaluate` polls `should_stop` before each batch, so the signal, landing while the first
+  batch is evaluated, is seen at the poll before the second: the evaluation stops half-way,
+  deterministically. Everything else is the wrapped loader's.
+  """
+
+  def __init__(self, loader):
+    self._loader = loader
+    self.signalled = False
+
+  def __getattr__(self, name):
+    return getattr(self._loader, name)
+
+  def __iter__(self):
+    for i, batch in enumerate(self._loader):
+      if i == 0 and not self.signalled:
+        # Without the loop's handler a SIGTERM would end pytest itself: refuse instead.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN), (
+            "train_and_evaluate installed no SIGTERM handler")
+        self.signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+
+def test_sigterm_during_final_eval_saves_and_restart_reevaluates(tiny, tmp_path, capsys):
+  # In this process (the loader hook needs it), with the reference run's own config.
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  reference = tiny["root"] / "reference"
+  config = config_lib.load_config(str(reference))
+  assert config.eval_every == 0  # The only evaluation is the final one.
+  workdir = tmp_path / "eval_preempted"
+  eval_loader = _SigtermDuringEval(
+      eval_lib.make_eval_loader(config, config.dataset, config.eval_split))
+  assert eval_loader.num_batches >= 2  # Room to stop between two batches.
+  result = loop.train_and_evaluate(config, str(workdir), eval_loader=eval_loader)
+  assert eval_loader.signalled
+  assert result["preempted"] and result["step"] == NUM_STEPS and result["eval"] is None
+  assert f"Preempted at step {NUM_STEPS}" in capsys.readouterr().out
+  assert NUM_STEPS in _complete_checkpoints(workdir)
+  # Nothing of the stopped evaluation was written.
+  assert not (workdir / "eval").exists()
+  assert not (workdir / "figures").exists() or not os.listdir(workdir / "figures")
+  with open(workdir / "metrics.jsonl") as f:
+    assert not any(k.startswith("eval/") for l in f for k in json.loads(l))
+  # The same config and workdir again: no training, the final step evaluated in full.
+  result = loop.train_and_evaluate(config, str(workdir))
+  assert "Resuming from the checkpoint of step" in capsys.readouterr().out
+  assert not result["preempted"] and result["step"] == NUM_STEPS
+  got = _results(workdir)
+  assert got["losses"] == tiny["reference"]["losses"]
+  strip = lambda e: {k: v for k, v in e.items() if k != "checkpoint"}
+  assert strip(got["eval"]) == strip(tiny["reference"]["eval"])
+  assert strip(result["eval"]) == strip(tiny["reference"]["eval"])
+  for name in ("synthetic_tiny_test_predictions.json",):
+    with open(workdir / "eval" / name) as f, open(reference / "eval" / name) as g:
+      assert json.load(f) == json.load(g)
