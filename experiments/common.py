@@ -162,6 +162,10 @@ def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> N
   """The shared main: validate, then --summary, --eval_only, or train and evaluate."""
   if len(argv) > 1:
     fail(f"unexpected positional arguments {argv[1:]} (flags start with --).")
+  if not FLAGS["verbosity"].present:
+    # Orbax, TFDS and JAX log every save, read and backend probe at INFO: keep the console
+    # to the progress line, the evaluation table and warnings unless --verbosity asks.
+    logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags(model, model_kwarg_flags)
     if FLAGS.summary:
