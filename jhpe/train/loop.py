@@ -405,15 +405,11 @@ def _train(r: _Runner) -> dict:
   window = []  # Per-step metrics since the last log line.
   t_window = time.time()
   t_start, step_start = time.time(), start
-  for step in range(start, total):
-    if r.preempt():
-      return preempted_exit(step)
-    batch = next(data_iter)
-    state, metrics = r.train_step(state, r.device_batch(batch))
-    done = step + 1
-    # Fetching the metrics syncs with the device; with a single device queue this costs
-    # little, and it lets the NaN guard stop at the step it happened.
-    m = r.scalar_metrics(metrics)
+
+  def consume(done, metrics):
+    """The host side of step `done`: the NaN policy, and the log line at log steps."""
+    nonlocal skipped, window, t_window
+    m = r.scalar_metrics(metrics)  # Waits for that step on the device.
     if m["nonfinite"] > 0:
       if config.nan_policy == "stop":
         r.manager.wait_until_finished()
@@ -443,14 +439,36 @@ def _train(r: _Runner) -> dict:
               f"{record['images_per_s']:.1f} img/s  "
               f"ETA {_format_duration((total - done) / max(rate, 1e-9))}", flush=True)
       window, t_window = [], now
+
+  # Step N's metrics are read once step N+1 is queued, so the device keeps working while
+  # the host reads them and loads the next batch. A non-finite step was never applied (the
+  # step's own guard), so seeing it one step later changes nothing that is saved; every
+  # log, evaluation, checkpoint and exit first consumes what is pending.
+  pending = None
+  for step in range(start, total):
+    if r.preempt():
+      if pending:
+        consume(*pending)
+      return preempted_exit(step)
+    batch = next(data_iter)
+    state, metrics = r.train_step(state, r.device_batch(batch))
+    done = step + 1
+    if pending:
+      consume(*pending)
+    pending = (done, metrics)
+    evaluate_now = bool(eval_every) and done % eval_every == 0 and done < total
+    save_now = done < total and (done % config.checkpoint_every == 0 or evaluate_now)
+    if done == total or done % config.log_every == 0 or save_now:
+      consume(*pending)
+      pending = None
     eval_metrics = None
-    if eval_every and done % eval_every == 0 and done < total:
+    if evaluate_now:
       try:
         results = run_eval(done, final=False)
       except eval_lib.Preempted:
         return preempted_exit(done)
       eval_metrics = {ckpt.BEST_METRIC: results["mean"] or 0.0}
-    if done < total and (done % config.checkpoint_every == 0 or eval_metrics is not None):
+    if save_now:
       r.save(state, done, data_iter, metrics=eval_metrics)
 
   # The final evaluation, then the final checkpoint carrying its metric.
