@@ -64,6 +64,8 @@ def _define_common_flags() -> None:
   flags.DEFINE_float("sigma", d.sigma, "Target Gaussian std, heatmap pixels.")
   flags.DEFINE_enum("regression_loss", d.regression_loss, config_lib.REGRESSION_LOSSES,
                     "DeepPose loss.")
+  flags.DEFINE_bool("intermediate_supervision", d.intermediate_supervision,
+                    "Loss on every stage (True, as the papers) or on the last stage only.")
   flags.DEFINE_enum("decode", d.decode, config_lib.DECODE_METHODS, "Heatmap decoding.")
   flags.DEFINE_bool("flip_test", d.flip_test, "Average with the mirrored image.")
   # Optimisation.

@@ -99,6 +99,22 @@ def test_optimizers_descend_a_quadratic(optimizer):
   assert loss(params) < 0.5 * start
 
 
+def test_without_intermediate_supervision_only_the_last_stage_is_scored():
+  config = TINY.replace(model_kwargs=dict(num_stacks=2, num_features=8, depth=1))
+  model = config_lib.build_model(config)
+  rng = np.random.default_rng(0)
+  outputs = [jnp.asarray(rng.normal(size=(2, 8, 8, 14)), jnp.float32) for _ in range(2)]
+  targets = jnp.asarray(rng.uniform(size=(2, 8, 8, 14)), jnp.float32)
+  weights = jnp.ones((2, 14))
+  total, per_stage = steps_lib.compute_loss(model, outputs, targets, weights, config)
+  assert per_stage.shape == (2,)
+  last_total, last = steps_lib.compute_loss(
+      model, outputs, targets, weights, config.replace(intermediate_supervision=False))
+  assert last.shape == (1,)
+  np.testing.assert_allclose(float(last_total), float(per_stage[1]), rtol=1e-6)
+  assert float(total) > float(last_total)
+
+
 # -- The train step. --
 
 

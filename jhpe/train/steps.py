@@ -93,7 +93,12 @@ def make_targets(model, joints: jax.Array, visible: jax.Array, input_size: int,
 
 
 def compute_loss(model, outputs, targets, weights, config: Config):
-  """(total (), per_stage (S,)) of the model's stage outputs."""
+  """(total (), per_stage (S,)) of the model's stage outputs.
+
+  Without intermediate supervision only the last stage is scored: per_stage is then (1,).
+  """
+  if not config.intermediate_supervision:
+    outputs = outputs[-1:]
   if model.output_kind == "regression":
     return losses.regression_loss(outputs, targets, weights, kind=config.regression_loss)
   return losses.heatmap_loss(outputs, targets, weights)
