@@ -269,6 +269,9 @@ def test_sigterm_during_final_eval_saves_and_restart_reevaluates(tiny, tmp_path,
   assert got["losses"] == tiny["reference"]["losses"]
   strip = lambda e: {k: v for k, v in e.items() if k != "checkpoint"}
   assert strip(got["eval"]) == strip(tiny["reference"]["eval"])
+  # One hourglass: its single stage-wise entry is the headline.
+  assert [s["stage"] for s in got["eval"]["per_stage"]] == [1]
+  assert got["eval"]["per_stage"][0]["mean"] == got["eval"]["mean"]
   assert strip(result["eval"]) == strip(tiny["reference"]["eval"])
   for name in ("synthetic_tiny_test_predictions.json",):
     with open(workdir / "eval" / name) as f, open(reference / "eval" / name) as g:

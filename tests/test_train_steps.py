@@ -218,3 +218,29 @@ def test_eval_step_maps_back_to_original_pixels(flip_test):
   expected = geometry.apply_affine(to_original, np.repeat(expected_canvas[:, None], 14, 1))
   np.testing.assert_allclose(np.asarray(out["joints"]), expected, atol=1e-3)
   assert out["confidence"].shape == (2, 14)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TwoStageModel(_MirrorModel):
+  """Stage 1 sees the bright block one heatmap cell to the right of where stage 2 does."""
+
+  def apply(self, variables, images, train=False):
+    (last,) = super().apply(variables, images, train)
+    return [jnp.roll(last, 1, axis=2), last]
+
+
+def test_eval_step_decodes_every_stage():
+  s = 32
+  image = np.zeros((1, s, s, 3), np.uint8)
+  image[0, 8:12, 12:16, 0] = 255  # Heatmap cell (x, y) = (3, 2).
+  batch = dict(image=image, joints=np.zeros((1, 14, 2), np.float32),
+               canvas_to_original=np.eye(3, dtype=np.float32)[None])
+  out = steps_lib.eval_step({}, batch, model=_TwoStageModel(),
+                            config=TINY.replace(flip_test=False, decode="argmax"),
+                            flip_permutation=skeletons.LSP.flip_permutation)
+  stage_joints = np.asarray(out["stage_joints"])
+  assert stage_joints.shape == (1, 2, 14, 2)
+  np.testing.assert_array_equal(stage_joints[:, -1], np.asarray(out["joints"]))
+  # One heatmap cell is 4 canvas pixels: stage 1 is 4 px right of stage 2, same row.
+  np.testing.assert_allclose(stage_joints[0, 0] - stage_joints[0, 1],
+                             np.tile([4.0, 0.0], (14, 1)), atol=1e-4)

@@ -100,7 +100,8 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
 
   Returns:
     (results, predictions, figure_inputs): results {'metric', 'mean', 'per_joint', 'pcp',
-    'num_examples', ...}; predictions [{'id', 'joints', 'confidence'}]; figure inputs for
+    'num_examples', 'per_stage' [{'stage', 'mean', 'pcp'}], ...}; predictions
+    [{'id', 'joints', 'confidence'}]; figure inputs for
     `jhpe.viz.save_eval_figures` ({} unless collect_figures).
   """
   mesh = mesh or steps_lib.make_mesh()
@@ -151,12 +152,16 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   # People whose normaliser is undefined (0) cannot be scored by this metric.
   visible = res["visible"] * (res["normaliser"] > 0)[:, None]
   pred, gt = res["joints"], res["gt_joints"]
-  if metric == "pckh":
-    table = metrics_lib.pckh_table(pred, gt, visible, res["normaliser"], skeleton, alpha)
-    mean = table.get("mean_without_pelvis_thorax", table["mean"])
-  else:
-    table = metrics_lib.pck_table(pred, gt, visible, res["normaliser"], skeleton, alpha)
-    mean = table["mean"]
+
+  def score(joints):  # (table, headline mean) of predictions (N, J, 2).
+    if metric == "pckh":
+      table = metrics_lib.pckh_table(joints, gt, visible, res["normaliser"], skeleton,
+                                     alpha)
+      return table, table.get("mean_without_pelvis_thorax", table["mean"])
+    table = metrics_lib.pck_table(joints, gt, visible, res["normaliser"], skeleton, alpha)
+    return table, table["mean"]
+
+  table, mean = score(pred)
   results = {
       "dataset": dataset, "split": split, "metric": metric_title, "mean": _num(mean),
       "per_joint": {k: _num(v) for k, v in table.items()},
@@ -166,6 +171,13 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   if skeleton.pcp_limbs:
     pcp = metrics_lib.pcp(pred, gt, visible, skeleton)
     results["pcp"] = {k: _num(v) for k, v in pcp.items()}
+  # Every stage decoded alike (CPM's beliefs, each hourglass, each cascade stage): does
+  # each stage refine the one before? The last entry repeats `mean` and `pcp`.
+  results["per_stage"] = [
+      {"stage": t + 1, "mean": _num(score(res["stage_joints"][:, t])[1]),
+       **({"pcp": _num(metrics_lib.pcp(res["stage_joints"][:, t], gt, visible,
+                                       skeleton)["mean"])} if skeleton.pcp_limbs else {})}
+      for t in range(res["stage_joints"].shape[1])]
   curve_joints, curve_mean = metrics_lib.pck_curve(pred, gt, visible, res["normaliser"],
                                                    np.asarray(PCK_CURVE_ALPHAS))
   del curve_joints
@@ -270,6 +282,10 @@ def format_table(results: dict) -> str:
     lines.append(f"  {name:<{width}}  {shown}")
   if "pcp" in results:
     lines.append(f"  PCP (strict, mean)  {100 * (results['pcp']['mean'] or 0):6.2f}")
+  if len(results.get("per_stage", ())) > 1:
+    lines.append("  by stage (mean):    " + "  ".join(
+        "n/a" if s["mean"] is None else f"{100 * s['mean']:.2f}"
+        for s in results["per_stage"]))
   return "\n".join(lines)
 
 

@@ -238,29 +238,46 @@ def images_to_float(images: jax.Array) -> jax.Array:
 
 
 def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
-                   flip_permutation: np.ndarray):
+                   flip_permutation: np.ndarray, all_stages: bool = False):
   """Joints in canvas pixels from float images (B, S, S, 3), with the flip test.
 
+  Args:
+    all_stages: decode every stage's output, not only the last (stage-wise PCK).
+
   Returns:
-    joints (B, J, 2) canvas pixels, confidence (B, J), last-stage heatmaps (B, h, w, J)
-    (None for regression).
+    joints (B, J, 2) canvas pixels of the last stage, or (B, T, J, 2) over the T stages
+    with `all_stages`; confidence (B, J) or (B, T, J); the last stage's heatmaps
+    (B, h, w, J) (None for regression).
   """
   size = images.shape[2]
   num_joints = len(flip_permutation)
-  outputs = model.apply(variables, images, train=False)[-1].astype(jnp.float32)
-  if config.flip_test:
-    flipped = model.apply(variables, images[:, :, ::-1], train=False)[-1]
-    flipped = flipped.astype(jnp.float32)
+  outputs = model.apply(variables, images, train=False)
+  flipped = (model.apply(variables, images[:, :, ::-1], train=False)
+             if config.flip_test else [None] * len(outputs))
+  stages = range(len(outputs)) if all_stages else [len(outputs) - 1]
+  decoded = [_decode_stage(outputs[t], flipped[t], size=size, num_joints=num_joints,
+                           model=model, config=config, flip_permutation=flip_permutation)
+             for t in stages]
+  if not all_stages:
+    return decoded[-1]
+  joints, confidence = (jnp.stack([d[i] for d in decoded], axis=1) for i in (0, 1))
+  return joints, confidence, decoded[-1][2]
+
+
+def _decode_stage(output, flipped, *, size, num_joints, model, config, flip_permutation):
+  """One stage's output (and its mirrored image's) -> joints, confidence, heatmaps."""
+  output = output.astype(jnp.float32)
   if model.output_kind == "regression":
-    joints = outputs * size - 0.5
-    if config.flip_test:
-      back = flipped * size - 0.5
+    joints = output * size - 0.5
+    if flipped is not None:
+      back = flipped.astype(jnp.float32) * size - 0.5
       back = back.at[..., 0].set(size - 1 - back[..., 0])[:, flip_permutation]
       joints = 0.5 * (joints + back)
     return joints, jnp.ones(joints.shape[:2], jnp.float32), None
-  maps = outputs[..., :num_joints]  # CPM's background channel is dropped.
-  if config.flip_test:
-    back = heatmaps.flip_heatmaps(flipped, flip_permutation)[..., :num_joints]
+  maps = output[..., :num_joints]  # CPM's background channel is dropped.
+  if flipped is not None:
+    back = heatmaps.flip_heatmaps(flipped.astype(jnp.float32),
+                                  flip_permutation)[..., :num_joints]
     maps = 0.5 * (maps + back)
   coords, confidence = heatmaps.decode(maps, method=config.decode)
   return heatmaps.heatmap_to_canvas(coords, model.output_stride), confidence, maps
@@ -276,16 +293,19 @@ def eval_step(variables: dict, batch: dict, *, model, config: Config,
       `canvas_to_original` (B, 3, 3).
 
   Returns:
-    `joints` (B, J, 2) predictions in original pixels, `confidence` (B, J), and
+    `joints` (B, J, 2) the last stage's predictions in original pixels, `confidence`
+    (B, J), `stage_joints` (B, T, J, 2) every stage's predictions in original pixels, and
     `gt_joints` (B, J, 2) the ground truth mapped back to original pixels.
   """
-  joints, confidence, _ = predict_canvas(
+  stage_joints, confidence, _ = predict_canvas(
       variables, images_to_float(batch["image"]), model=model, config=config,
-      flip_permutation=flip_permutation)
+      flip_permutation=flip_permutation, all_stages=True)
   to_original = batch["canvas_to_original"]
+  stage_joints = geometry.apply_affine(to_original[:, None], stage_joints)
   return {
-      "joints": geometry.apply_affine(to_original, joints),
-      "confidence": confidence,
+      "joints": stage_joints[:, -1],
+      "confidence": confidence[:, -1],
+      "stage_joints": stage_joints,
       "gt_joints": geometry.apply_affine(to_original, batch["joints"]),
   }
 
