@@ -5,14 +5,15 @@ Three figures for one config, in one run, on the same data:
   grain, JPEG decode, canvas crop), converted to images/s;
 - step: the real train step alone on a fixed batch already on the device;
 - loop: what `jhpe.train.loop` does per step, minus logging and checkpoints: next host
-  batch, put it on the device, train step, fetch the scalar metrics (the loop syncs each
-  step for its NaN guard).
+  batch, put it on the device, train step, then fetch the previous step's scalar metrics
+  (the loop reads step N's metrics, for its NaN guard, once step N+1 is queued).
 If `loop` is well below `step`, the data path is the bottleneck; the issue's target is a
 pipeline at least 2x the step's images/s. On a 2-core machine the host pipeline and XLA
 share the same cores, so `loop` can fall below both even when the pipeline alone is fast.
 
   python -m benchmarks.loop                                        # hourglass/cpu on LSP
-  python -m benchmarks.loop --dataset=synthetic --config=hourglass/tiny --steps=3 --repeats=1
+  python -m benchmarks.loop --configs=hourglass/quickstart --dataset=synthetic --batch=16
+  python -m benchmarks.loop --dataset=synthetic/tiny --configs=hourglass/tiny --steps=3 --repeats=1
 """
 
 import argparse
@@ -71,9 +72,18 @@ def measure(name, dataset, batch=8, steps=10, repeats=3, num_workers=0, data_dir
   def pipeline_only(data_iter):
     next(data_iter)
 
+  pending = []
+
   def loop_step(data_iter):
     cell[0], metrics = step(cell[0], device_batch(next(data_iter)))
-    jax.device_get(metrics)  # As the loop does: scalar metrics every step.
+    if pending:  # As the loop does: the previous step's metrics, this step queued.
+      jax.device_get(pending.pop())
+    pending.append(metrics)
+
+  def loop_block(data_iter):
+    for _ in range(steps):
+      loop_step(data_iter)
+    jax.device_get(pending.pop())  # The block ends when its last step has.
 
   rates = {}
   for label, fn in (('step', step_only), ('pipeline', pipeline_only), ('loop', loop_step)):
@@ -88,7 +98,11 @@ def measure(name, dataset, batch=8, steps=10, repeats=3, num_workers=0, data_dir
         continue
       data_iter = new_iter()
       fn(data_iter)  # Warm-up (and the iterator's start-up).
-      samples.append(_rate(lambda: fn(data_iter), steps, batch))  # pylint: disable=cell-var-from-loop
+      if label == 'loop':
+        jax.device_get(pending.pop())
+        samples.append(_rate(lambda: loop_block(data_iter), 1, steps * batch))  # pylint: disable=cell-var-from-loop
+      else:
+        samples.append(_rate(lambda: fn(data_iter), steps, batch))  # pylint: disable=cell-var-from-loop
     rates[label] = statistics.median(samples)
   ratio_loop = rates['loop'] / rates['step']
   return {

@@ -26,23 +26,27 @@ from benchmarks import peak
 
 # family/scale -> (model name, model kwargs, input size, optimizer, dataset). The dataset
 # gives the joint count and the flip permutation (the data itself is synthetic here).
-# 'paper' follows each paper (hourglass: 8 stacks, 256 features, 256 px, RMSprop, MPII;
-# CPM: 6 stages at 368 px, SGD; DeepPose: AlexNet, 3 stages at 220 px, SGD; LSP); 'cpu' is
-# a size that trains on a laptop CPU; 'tiny' is for the smoke test.
+# 'cpu' is the model of the CPU-scale LSP flagfile (experiments/configs/lsp_<family>.flags,
+# the README's results table); 'paper' follows each paper (hourglass: 8 stacks, 256
+# features, 256 px, RMSprop, MPII; CPM: 6 stages at 368 px, SGD; DeepPose: AlexNet, 3
+# stages at 220 px, SGD; LSP); 'quickstart' is experiments/configs/quickstart.flags'
+# model; 'tiny' is for the smoke test.
 PRESETS = {
     'hourglass/tiny': ('hourglass', dict(num_stacks=1, num_features=16, depth=2), 32,
                        'rmsprop', 'mpii'),
-    'hourglass/cpu': ('hourglass', dict(num_stacks=2, num_features=128), 128, 'rmsprop',
-                      'mpii'),
+    'hourglass/quickstart': ('hourglass', dict(num_stacks=2, num_features=32, depth=2), 64,
+                             'adam', 'synthetic'),
+    'hourglass/cpu': ('hourglass', dict(num_stacks=2, num_features=64, depth=3), 128,
+                      'adam', 'lsp'),
     'hourglass/paper': ('hourglass', dict(num_stacks=8, num_features=256), 256, 'rmsprop',
                         'mpii'),
     'cpm/tiny': ('cpm', dict(num_stages=2, width=0.0625), 64, 'sgd', 'lsp'),
-    'cpm/cpu': ('cpm', dict(num_stages=3, width=0.25), 184, 'sgd', 'lsp'),
+    'cpm/cpu': ('cpm', dict(num_stages=3, width=0.25), 128, 'adam', 'lsp'),
     'cpm/paper': ('cpm', dict(num_stages=6, width=1.0), 368, 'sgd', 'lsp'),
     'deeppose/tiny': ('deeppose', dict(num_stages=2, width=0.125, fc_features=64), 64,
                       'sgd', 'lsp'),
-    'deeppose/cpu': ('deeppose', dict(num_stages=2, width=0.5, fc_features=1024), 128,
-                     'sgd', 'lsp'),
+    'deeppose/cpu': ('deeppose', dict(num_stages=1, backbone='resnet', width=1.0), 128,
+                     'adam', 'lsp'),
     'deeppose/paper': ('deeppose', dict(num_stages=3), 220, 'sgd', 'lsp'),
 }
 DEFAULT_CONFIGS = ('hourglass/cpu', 'hourglass/paper', 'cpm/cpu', 'cpm/paper',

@@ -430,6 +430,8 @@ def _train(r: _Runner) -> dict:
           "steps_per_s": steps_per_s,
           "images_per_s": steps_per_s * config.batch_size,
           "skipped_steps": skipped,
+          # Wall seconds of training since this process started its loop (compile in).
+          "elapsed_s": now - t_start,
       }
       r.writer.write(done, record)
       if r.chief:

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Every benchmark of benchmarks/README.md's tables, in one go, on a quiet machine: about 30
+# minutes on the 2-core CPU. Each script prints its table; the rows also go to
+# $OUT/<name>.jsonl (default benchmarks/results/<UTC date>/).
+#   bash benchmarks/run_all.sh [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results/$(date -u +%Y-%m-%d)}
+mkdir -p "$OUT"
+run() {  # name, then the module's arguments
+  local name=$1; shift
+  echo "== python -m $* ($(date -u +%H:%M:%S))"
+  python -m "$@" --json_out="$OUT/$name.jsonl"
+}
+lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-200 > "$OUT/machine.txt" || true
+python -c "import jax, jaxlib, torch; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'torch', torch.__version__)" >> "$OUT/machine.txt"
+run peak benchmarks.peak --torch --repeats=5
+run vs_torch benchmarks.hourglass_vs_torch --stacks=2,8 --repeats=3
+run train_step_cpu benchmarks.train_step --repeats=5 \
+    --configs=hourglass/quickstart,hourglass/cpu,cpm/cpu,deeppose/cpu
+run train_step_paper benchmarks.train_step --repeats=2 --batch=2 \
+    --configs=hourglass/paper,cpm/paper,deeppose/paper
+run inference_cpu benchmarks.inference --repeats=5 \
+    --configs=hourglass/quickstart,hourglass/cpu,cpm/cpu,deeppose/cpu
+run inference_paper benchmarks.inference --repeats=3 --batches=1 \
+    --configs=hourglass/paper,cpm/paper,deeppose/paper
+run loop_quickstart benchmarks.loop --configs=hourglass/quickstart --dataset=synthetic \
+    --batch=16 --steps=20 --repeats=3
+run loop_lsp benchmarks.loop --configs=hourglass/cpu,cpm/cpu,deeppose/cpu --dataset=lsp \
+    --batch=16 --steps=8 --repeats=2
+echo "== done ($(date -u +%H:%M:%S)): $OUT"

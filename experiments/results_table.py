@@ -1,0 +1,115 @@
+r"""The README's results table, computed from runs' files (nothing typed by hand).
+
+  python -m experiments.results_table docs/results/lsp_hourglass docs/results/lsp_cpm ...
+
+Each argument is a run folder holding the workdir's `config.json`, `metrics.jsonl` and
+`eval/<dataset>_<split>.json` (a training workdir, or its copy under docs/results/). Prints
+two markdown tables: per joint (LSP's pairs averaged, person-centric PCK@0.2) with PCP,
+and stage by stage.
+"""
+
+import json
+import os
+import sys
+from typing import Sequence
+
+# LSP's usual columns: a left/right pair averaged (every LSP test joint is annotated, so
+# the two rates have the same count); Head is the mean of the neck and the head top.
+COLUMNS = (("Head", ("neck", "head_top")), ("Sho.", ("left_shoulder", "right_shoulder")),
+           ("Elb.", ("left_elbow", "right_elbow")), ("Wri.", ("left_wrist", "right_wrist")),
+           ("Hip", ("left_hip", "right_hip")), ("Knee", ("left_knee", "right_knee")),
+           ("Ank.", ("left_ankle", "right_ankle")))
+
+
+def load_run(run_dir: str) -> dict:
+  """config, metrics records and eval results of a run folder; a missing file is named."""
+  def read(*parts):
+    path = os.path.join(run_dir, *parts)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: missing; a run folder needs config.json, "
+                              "metrics.jsonl and eval/<dataset>_<split>.json.")
+    with open(path) as f:
+      return [json.loads(l) for l in f if l.strip()] if path.endswith(".jsonl") else json.load(f)
+
+  config = read("config.json")
+  tag = f"{config['dataset']}_{config['eval_split']}".replace("/", "_").replace("+", "_")
+  return {"name": os.path.basename(os.path.normpath(run_dir)), "config": config,
+          "metrics": read("metrics.jsonl"), "eval": read("eval", f"{tag}.json")}
+
+
+def training_seconds(records: Sequence[dict]) -> float:
+  """Wall seconds of training: the last `elapsed_s`, else the sum of the log intervals."""
+  train = [r for r in records if "steps_per_s" in r]
+  if train and "elapsed_s" in train[-1]:
+    return float(train[-1]["elapsed_s"])
+  total, last_step = 0.0, 0
+  for r in train:
+    total += (r["step"] - last_step) / r["steps_per_s"]
+    last_step = r["step"]
+  return total
+
+
+def model_size(config: dict) -> tuple[int, float]:
+  """(parameters, forward GFLOPs per image) of the run's model."""
+  from jhpe.models import summary  # pylint: disable=g-import-not-at-top
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.Config.from_json(json.dumps(config))
+  s = summary.summarize(config_lib.build_model(cfg), cfg.input_size)
+  return s["params"], s["gflops_per_image"]
+
+
+def _pct(x) -> str:
+  return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def joint_table(runs: Sequence[dict]) -> str:
+  head = ["run", "model", "params", "input", "images seen", "train time"] + [
+      c for c, _ in COLUMNS] + ["PCK mean", "PCP"]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for run in runs:
+    cfg, ev = run["config"], run["eval"]
+    params, _ = model_size(cfg)
+    per = ev["per_joint"]
+    cells = [_pct(None if any(per.get(j) is None for j in js) else
+                  sum(per[j] for j in js) / len(js)) for _, js in COLUMNS]
+    minutes = training_seconds(run["metrics"]) / 60
+    lines.append("| " + " | ".join([
+        run["name"], cfg["model"], f"{params / 1e6:.2f}M", str(cfg["input_size"]),
+        f"{cfg['num_train_steps'] * cfg['batch_size']:,}", f"{minutes:.0f} min",
+        *cells, f"**{_pct(ev['mean'])}**", _pct(ev.get("pcp", {}).get("mean"))]) + " |")
+  return "\n".join(lines)
+
+
+def stage_table(runs: Sequence[dict]) -> str:
+  staged = [r for r in runs if len(r["eval"].get("per_stage", ())) > 1]
+  if not staged:
+    return ""
+  depth = max(len(r["eval"]["per_stage"]) for r in staged)
+  head = ["run", "intermediate supervision"] + [f"stage {t + 1}" for t in range(depth)]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for run in staged:
+    stages = [_pct(s["mean"]) for s in run["eval"]["per_stage"]]
+    lines.append("| " + " | ".join(
+        [run["name"], "yes" if run["config"].get("intermediate_supervision", True) else
+         "no (last stage only)"] + stages + [""] * (depth - len(stages))) + " |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+  if not argv:
+    print(__doc__, file=sys.stderr)
+    return 2
+  try:
+    runs = [load_run(d) for d in argv]
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(joint_table(runs))
+  stages = stage_table(runs)
+  if stages:
+    print("\n" + stages)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

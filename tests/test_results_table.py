@@ -1,0 +1,56 @@
+"""The README's results table is computed from the runs' own files."""
+
+import json
+
+import pytest
+
+from experiments import results_table
+from jhpe import skeletons
+from jhpe.train import config as config_lib
+
+
+def _run_dir(tmp_path, name, per_stage, intermediate=True):
+  run = tmp_path / name
+  (run / "eval").mkdir(parents=True)
+  config = config_lib.Config(
+      model="hourglass", model_kwargs=dict(num_stacks=2, num_features=8, depth=1),
+      dataset="lsp", eval_split="test", input_size=32, batch_size=4, num_train_steps=10,
+      intermediate_supervision=intermediate)
+  (run / "config.json").write_text(config.to_json())
+  (run / "metrics.jsonl").write_text(
+      json.dumps({"step": 5, "loss": 1.0, "steps_per_s": 0.5}) + "\n" +
+      json.dumps({"step": 10, "loss": 0.5, "steps_per_s": 0.25}) + "\n" +
+      json.dumps({"step": 10, "eval/PCK@0.2": per_stage[-1]}) + "\n")
+  per_joint = {n: 0.5 for n in skeletons.LSP.joint_names}
+  per_joint.update(left_wrist=0.2, right_wrist=0.4, mean=per_stage[-1])
+  (run / "eval" / "lsp_test.json").write_text(json.dumps({
+      "mean": per_stage[-1], "per_joint": per_joint, "pcp": {"mean": 0.25},
+      "per_stage": [{"stage": t + 1, "mean": m} for t, m in enumerate(per_stage)]}))
+  return str(run)
+
+
+def test_tables_from_run_folders(tmp_path, capsys):
+  runs = [_run_dir(tmp_path, "with", [0.6, 0.7]),
+          _run_dir(tmp_path, "without", [0.1, 0.65], intermediate=False)]
+  assert results_table.main(runs) == 0
+  out = capsys.readouterr().out
+  rows = [l for l in out.splitlines() if l.startswith("| with") or l.startswith("| without")]
+  assert len(rows) == 4  # A joint row and a stage row per run.
+  cells = [c.strip() for c in rows[0].strip("|").split("|")]
+  # 10 steps: 5 / 0.5 + 5 / 0.25 = 30 s; 40 images; wrists (0.2 + 0.4) / 2; PCP 25.
+  assert cells[4:6] == ["40", "0 min"] and cells[9] == "30.0"
+  assert cells[-2:] == ["**70.0**", "25.0"]
+  assert "| with | yes | 60.0 | 70.0 |" in out
+  assert "| without | no (last stage only) | 10.0 | 65.0 |" in out
+
+
+def test_missing_eval_file_is_named(tmp_path, capsys):
+  run = _run_dir(tmp_path, "broken", [0.5, 0.6])
+  (tmp_path / "broken" / "eval" / "lsp_test.json").unlink()
+  assert results_table.main([run]) == 2
+  assert "lsp_test.json: missing" in capsys.readouterr().err
+
+
+def test_training_seconds_prefers_the_recorded_wall_time():
+  assert results_table.training_seconds(
+      [{"step": 5, "steps_per_s": 1.0, "elapsed_s": 42.0}]) == pytest.approx(42.0)
