@@ -10,6 +10,7 @@ the preemption test room to signal mid-run.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,19 @@ def test_sigterm_then_sigkill_then_restart_ends_as_uninterrupted(tiny):
   got = _results(workdir)
   assert got["losses"] == tiny["reference"]["losses"]
   assert got["eval"]["per_joint"] == tiny["reference"]["eval"]["per_joint"]
+
+
+def test_resuming_with_other_settings_is_refused_and_changes_nothing(tiny, tmp_path):
+  workdir = tmp_path / "other_settings"
+  shutil.copytree(tiny["root"] / "reference", workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  proc = _run(tiny, workdir, "--sigma=3", "--num_train_steps=40")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][-1]
+  assert "--sigma: 1.0 -> 3.0" in line and str(workdir) in line
+  assert "num_train_steps" not in line  # Training longer is a legitimate resume.
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before
 
 
 def test_nan_stops_with_the_step_and_keeps_good_checkpoints(tiny):

@@ -245,6 +245,37 @@ def save_config(config: Config, workdir: str) -> str:
   return path
 
 
+# Settings a resumed run may change: how long, how often to log / save / evaluate, where
+# the data lives, how it is loaded. Any other change would splice two experiments into
+# one set of checkpoints and metrics.
+RESUMABLE_CHANGES = frozenset((
+    "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "async_checkpoints", "num_workers", "data_dir", "manual_dir", "eval_batch_size",
+    "num_eval_examples", "nan_policy", "skip_bad_examples", "parallel"))
+
+
+def check_resumable(config: Config, workdir: str) -> None:
+  """Raises ValueError when `workdir` holds a run whose settings differ from `config`.
+
+  Called before a run resumes from `workdir`'s checkpoint: the error names every changed
+  flag (old -> new) and leaves the workdir untouched. Changes in RESUMABLE_CHANGES pass.
+  """
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if not os.path.exists(path):
+    return
+  load_config(workdir)  # A clear error for a broken or foreign config.json.
+  with open(path) as f:
+    saved = json.load(f)
+  new = json.loads(config.to_json())  # The same JSON types on both sides (lists, not tuples).
+  changed = [f"--{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(new)
+             if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
+  if changed:
+    raise ValueError(
+        f"--workdir={workdir} holds a checkpoint of a run with other settings "
+        f"({'; '.join(changed)}); resume with the settings of its config.json, or "
+        "train in a new --workdir.")
+
+
 def load_config(workdir: str) -> Config:
   """Reads `<workdir>/config.json` (written by the training loop)."""
   path = os.path.join(workdir, CONFIG_FILENAME)

@@ -338,6 +338,8 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
   """
   config.validate(num_devices=jax.device_count(), num_processes=jax.process_count())
   config_lib.check_workdir(workdir)
+  if ckpt.latest_step(workdir) is not None:
+    config_lib.check_resumable(config, workdir)
   chief = jax.process_index() == 0
   lock = WorkdirLock(workdir) if chief else contextlib.nullcontext()
   with lock, PreemptionFlag() as preempt:
