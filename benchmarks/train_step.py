@@ -36,7 +36,7 @@ PRESETS = {
                        'rmsprop', 'mpii'),
     'hourglass/quickstart': ('hourglass', dict(num_stacks=2, num_features=32, depth=2), 64,
                              'adam', 'synthetic'),
-    'hourglass/cpu': ('hourglass', dict(num_stacks=2, num_features=64, depth=3), 128,
+    'hourglass/cpu': ('hourglass', dict(num_stacks=2, num_features=64, depth=3), 96,
                       'adam', 'lsp'),
     'hourglass/paper': ('hourglass', dict(num_stacks=8, num_features=256), 256, 'rmsprop',
                         'mpii'),
@@ -45,7 +45,7 @@ PRESETS = {
     'cpm/paper': ('cpm', dict(num_stages=6, width=1.0), 368, 'sgd', 'lsp'),
     'deeppose/tiny': ('deeppose', dict(num_stages=2, width=0.125, fc_features=64), 64,
                       'sgd', 'lsp'),
-    'deeppose/cpu': ('deeppose', dict(num_stages=1, backbone='resnet', width=1.0), 128,
+    'deeppose/cpu': ('deeppose', dict(num_stages=1, backbone='resnet', width=1.0), 96,
                      'adam', 'lsp'),
     'deeppose/paper': ('deeppose', dict(num_stages=3), 220, 'sgd', 'lsp'),
 }

@@ -5,6 +5,7 @@ skipped when torch (the `bench` extra) is not installed.
 """
 
 import os
+import pathlib
 import sys
 
 import jhpe  # noqa: F401  # pylint: disable=unused-import  # CPU XLA flags before JAX.
@@ -176,3 +177,19 @@ def test_loop_tiny_row_has_the_three_rates(tmp_path):
     assert row[key] > 0
   assert row['loop_over_step'] == pytest.approx(row['loop_img_s'] / row['step_img_s'])
   assert row['verdict'] in ('data-bound', 'compute-bound')
+
+
+@pytest.mark.parametrize('family', ['hourglass', 'cpm', 'deeppose'])
+def test_cpu_presets_are_the_lsp_flagfiles_models(family):
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  flags = {}
+  path = pathlib.Path(__file__).parent.parent / 'experiments' / 'configs' / f'lsp_{family}.flags'
+  for line in path.read_text().splitlines():
+    if line.startswith('--') and '=' in line:
+      key, value = line[2:].split('=', 1)
+      flags[key] = value
+  model, kwargs, size, optimizer, dataset = train_step.PRESETS[f'{family}/cpu']
+  assert (model, size, optimizer, dataset) == (
+      family, int(flags['input_size']), flags['optimizer'], flags['dataset'])
+  for key, value in kwargs.items():
+    assert str(value) == flags[key], key
