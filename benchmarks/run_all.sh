@@ -24,6 +24,9 @@ run inference_cpu benchmarks.inference --repeats=5 \
     --configs=hourglass/quickstart,hourglass/cpu,cpm/cpu,deeppose/cpu
 run inference_paper benchmarks.inference --repeats=3 --batches=1 \
     --configs=hourglass/paper,cpm/paper,deeppose/paper
+# Attempts at moving XLA's convolutions (README "Attempts"): each variant its own process.
+run peak_variants benchmarks.peak --repeats=3 \
+    --variants=jhpe,xla,onednn_conv,xnn_conv,vec512,no_libs
 run loop_quickstart benchmarks.loop --configs=hourglass/quickstart --dataset=synthetic \
     --batch=16 --steps=20 --repeats=3
 run loop_lsp benchmarks.loop --configs=hourglass/cpu,cpm/cpu,deeppose/cpu --dataset=lsp \

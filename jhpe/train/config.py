@@ -65,7 +65,7 @@ class Config:
   sigma: float = 1.0  # Gaussian std in heatmap pixels.
   regression_loss: str = "l2"
   # Loss on every stage's output (the papers' intermediate supervision); False trains on the
-  # last stage's loss alone (the ablation of Newell et al.'s Sec. 3.4 / Wei et al.'s Sec. 3.3).
+  # last stage's loss alone (the ablation both the hourglass and the CPM papers discuss).
   intermediate_supervision: bool = True
   decode: str = "quarter"
   flip_test: bool = True
