@@ -2,6 +2,7 @@ r"""Evaluates a training workdir's checkpoint on any dataset split.
 
   python -m experiments.evaluate --workdir=/tmp/quickstart
   python -m experiments.evaluate --workdir=DIR --which=best --dataset=lsp --split=test
+  python -m experiments.evaluate --workdir=DIR --decode=taylor --noflip_test  # a variant
   python -m experiments.evaluate --workdir=DIR --which=4000 --dataset=synthetic/tiny \
       --data_dir=/tmp/tfds
 
@@ -9,6 +10,8 @@ Writes `<workdir>/eval/<dataset>_<split>.json` (metrics: mean and per joint, the
 checkpoint used) and `<workdir>/eval/<dataset>_<split>_predictions.json`, draws the eval
 figures, and prints the evaluation table. The model, input size, decoding and flip test
 are the workdir's (config.json); --dataset and --split default to its evaluation split.
+--decode and --flip_test evaluate a variant: its files get a suffix naming what changed
+(`lsp_test_taylor_noflip.json`), so the run's own evaluation is never overwritten.
 
 Bad input (no checkpoint, an unknown dataset or split, a dataset whose skeleton is not
 the model's) is one line on stderr naming it, exit status 2, before anything is written:
@@ -23,6 +26,7 @@ from absl import flags
 from absl import logging
 
 from experiments import common
+from jhpe.train import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -38,6 +42,11 @@ flags.DEFINE_string("manual_dir", None, "Folder of the official archives (defaul
 flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples (0 = all).")
 flags.DEFINE_integer("eval_batch_size", None, "Global eval batch size (default: the "
                      "workdir's).")
+flags.DEFINE_enum("decode", None, config_lib.DECODE_METHODS, "Heatmap decoding "
+                  "(default: the workdir's); another than the run's writes "
+                  "eval/<dataset>_<split>_<decode>.json.")
+flags.DEFINE_bool("flip_test", None, "Average with the mirrored image (default: the "
+                  "workdir's); another than the run's adds _flip / _noflip to the files.")
 flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
 # Multi-host (jax.distributed), as the training entry points (`launch.sh multihost`).
 common.define_distributed_flags()
@@ -55,7 +64,7 @@ def _which(value: str):
 def _overrides() -> dict:
   """The Config fields the flags replace (only those given)."""
   overrides = {}
-  for name in ("data_dir", "manual_dir", "eval_batch_size"):
+  for name in ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test"):
     if FLAGS[name].value is not None:
       overrides[name] = FLAGS[name].value
   if FLAGS.num_examples < 0:

@@ -132,6 +132,27 @@ def test_evaluate_writes_the_eval_files_and_prints_the_table(eval_workdir):
   assert "head_top" in proc.stdout
 
 
+def test_evaluate_variant_goes_to_its_own_files(eval_workdir):
+  # The run's own evaluation (quarter decoding, no flip test) must survive a variant.
+  own = os.path.join(eval_workdir, "eval", "synthetic_tiny_test.json")
+  proc = _run("experiments.evaluate", f"--workdir={eval_workdir}", "--split=test",
+              "--num_examples=8", "--nofigures")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(own, "rb") as f:
+    before = f.read()
+  proc = _run("experiments.evaluate", f"--workdir={eval_workdir}", "--split=test",
+              "--num_examples=8", "--nofigures", "--decode=taylor", "--flip_test")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(own, "rb") as f:
+    assert f.read() == before
+  variant = os.path.join(eval_workdir, "eval", "synthetic_tiny_test_taylor_flip.json")
+  with open(variant) as f:
+    results = json.load(f)
+  assert results["decode"] == "taylor" and results["flip_test"] is True
+  assert results["variant"] == "_taylor_flip"
+  assert os.path.exists(variant.replace(".json", "_predictions.json"))
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--dataset=mpii"], "skeleton 'mpii'"),
     (["--dataset=nope"], "'nope'"),

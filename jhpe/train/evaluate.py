@@ -34,6 +34,12 @@ class Preempted(Exception):
   """Raised inside evaluation when a SIGTERM asks the run to stop."""
 
 
+def eval_tag(results: dict) -> str:
+  """The file-name tag of an eval result: the dataset and split, plus what a re-evaluation
+  changed from the run's own settings ('lsp_test_taylor', 'lsp_test_noflip')."""
+  return dataset_tag(results["dataset"], results["split"]) + results.get("variant", "")
+
+
 def dataset_tag(dataset: str, split: str) -> str:
   """'synthetic/tiny', 'test' -> 'synthetic_tiny_test' (a file-name-safe tag)."""
   return f"{dataset}_{split}".replace("/", "_").replace("+", "_")
@@ -259,7 +265,7 @@ def _figure_inputs(grid, ids, variables, model, config, skeleton, results, metri
 
 def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[str, str]:
   """Writes eval/<tag>.json and eval/<tag>_predictions.json (atomically)."""
-  tag = dataset_tag(results["dataset"], results["split"])
+  tag = eval_tag(results)
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   paths = (os.path.join(out_dir, f"{tag}.json"),
@@ -300,7 +306,7 @@ def save_figures(workdir: str, results: dict, figure_inputs: dict) -> dict:
   try:
     return viz.save_eval_figures(
         workdir, skeleton_of(results["dataset"]),
-        tag=dataset_tag(results["dataset"], results["split"]), **figure_inputs)
+        tag=eval_tag(results), **figure_inputs)
   except Exception as e:  # pylint: disable=broad-except  # Figures are a by-product.
     logging.warning("Could not draw the evaluation figures: %s", e)
     return {}
@@ -322,6 +328,7 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from jhpe.models import summary  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(workdir)
+  trained_with = config
   if overrides:
     config = config.replace(**overrides)
   dataset = dataset or config.dataset
@@ -347,6 +354,15 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
       variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
       collect_figures=figures)
   results.update(step=step, checkpoint=path)
+  # Another decoding or flip test than the run's own goes to files of its own, so the
+  # run's evaluation is never overwritten by a variant of it.
+  variant = ""
+  if config.decode != trained_with.decode:
+    variant += f"_{config.decode}"
+  if config.flip_test != trained_with.flip_test:
+    variant += "_flip" if config.flip_test else "_noflip"
+  if variant:
+    results["variant"] = variant
   if jax.process_index() == 0:
     write_eval_files(workdir, results, predictions)
     save_figures(workdir, results, figure_inputs)
