@@ -229,7 +229,8 @@ def compiled_flops(compiled):
 
 
 def format_table(rows, columns=None):
-  """A plain-text table of a list of dicts (floats with 3 significant digits)."""
+  """A markdown table of a list of dicts (floats with 3 significant digits), aligned so
+  that it reads as well in a terminal as pasted into benchmarks/README.md."""
   if not rows:
     return '(no rows)'
   if columns is None:
@@ -245,10 +246,10 @@ def format_table(rows, columns=None):
     return '-' if v is None else str(v)
 
   cells = [[fmt(row.get(c)) for c in columns] for row in rows]
-  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-  lines = [' | '.join(c.ljust(w) for c, w in zip(columns, widths)),
-           '-+-'.join('-' * w for w in widths)]
-  lines += [' | '.join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+  widths = [max(3, len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+  row = lambda values: '| ' + ' | '.join(v.ljust(w) for v, w in zip(values, widths)) + ' |'
+  lines = [row(columns), row(['-' * w for w in widths])]
+  lines += [row(r) for r in cells]
   return '\n'.join(lines)
 
 

@@ -52,6 +52,9 @@ def test_format_table_lists_every_row_and_column():
   assert len(lines) == 4
   assert 'x' in lines[0] and 'y' in lines[0]
   assert '1.23' in lines[2] and '-' in lines[3]
+  # Markdown: every line a row of 2 cells, the second a separator.
+  assert all(l.startswith('| ') and l.endswith(' |') and l.count(' | ') == 1 for l in lines)
+  assert set(lines[1]) <= set('|- ')
 
 
 def test_run_variants_rejects_unknown_name():
