@@ -31,8 +31,9 @@ def load_run(run_dir: str) -> dict:
     with open(path) as f:
       return [json.loads(l) for l in f if l.strip()] if path.endswith(".jsonl") else json.load(f)
 
+  from jhpe.train import evaluate  # pylint: disable=g-import-not-at-top
   config = read("config.json")
-  tag = f"{config['dataset']}_{config['eval_split']}".replace("/", "_").replace("+", "_")
+  tag = evaluate.dataset_tag(config["dataset"], config["eval_split"])
   return {"name": os.path.basename(os.path.normpath(run_dir)), "config": config,
           "metrics": read("metrics.jsonl"), "eval": read("eval", f"{tag}.json")}
 
@@ -49,13 +50,13 @@ def training_seconds(records: Sequence[dict]) -> float:
   return total
 
 
-def model_size(config: dict) -> tuple[int, float]:
-  """(parameters, forward GFLOPs per image) of the run's model."""
+def num_params(config: dict) -> int:
+  """Parameters of the run's model (shapes only: nothing is initialised or compiled)."""
   from jhpe.models import summary  # pylint: disable=g-import-not-at-top
   from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.Config.from_json(json.dumps(config))
-  s = summary.summarize(config_lib.build_model(cfg), cfg.input_size)
-  return s["params"], s["gflops_per_image"]
+  cfg = config_lib.config_from_dict(config)
+  return summary.count_params(summary.abstract_variables(config_lib.build_model(cfg),
+                                                         cfg.input_size))
 
 
 def _pct(x) -> str:
@@ -68,7 +69,7 @@ def joint_table(runs: Sequence[dict]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for run in runs:
     cfg, ev = run["config"], run["eval"]
-    params, _ = model_size(cfg)
+    params = num_params(cfg)
     per = ev["per_joint"]
     cells = [_pct(None if any(per.get(j) is None for j in js) else
                   sum(per[j] for j in js) / len(js)) for _, js in COLUMNS]

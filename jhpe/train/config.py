@@ -263,10 +263,9 @@ def check_resumable(config: Config, workdir: str) -> None:
   path = os.path.join(workdir, CONFIG_FILENAME)
   if not os.path.exists(path):
     return
-  load_config(workdir)  # A clear error for a broken or foreign config.json.
-  with open(path) as f:
-    saved = json.load(f)
-  new = json.loads(config.to_json())  # The same JSON types on both sides (lists, not tuples).
+  # Both through the same JSON (lists, not tuples); a foreign config.json is named.
+  saved = json.loads(load_config(workdir).to_json())
+  new = json.loads(config.to_json())
   changed = [f"--{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(new)
              if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
   if changed:
