@@ -288,6 +288,29 @@ def test_batchnorm_stats_update_in_train_and_freeze_in_eval(name, overrides):
   np.testing.assert_allclose(outputs[-1][0], outputs_other[-1][0], rtol=1e-5, atol=1e-6)
 
 
+# --- Layers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window, stride, padding, size", [
+    (2, 2, "VALID", 8),  # The hourglass's pooling: the reshape path.
+    (2, 2, "SAME", 8),  # Non-overlapping and divisible: nothing to pad, same path.
+    (3, 2, "VALID", 9),  # AlexNet / CPM pooling: overlapping windows, flax's path.
+    (2, 2, "SAME", 7),  # Odd size: needs padding, flax's path.
+])
+def test_max_pool_matches_flax_in_value_and_gradient(window, stride, padding, size):
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from jhpe.models import layers  # pylint: disable=g-import-not-at-top
+  # A permutation has no ties, so both gradients route to the same single maximum.
+  x = jax.random.permutation(jax.random.key(0), 2 * size * size * 3).reshape(
+      2, size, size, 3).astype(jnp.float32)
+  ours = lambda v: layers.max_pool(v, window, stride, padding)
+  flax_pool = lambda v: nn.max_pool(v, (window, window), (stride, stride), padding=padding)
+  np.testing.assert_array_equal(ours(x), flax_pool(x))
+  weights = jax.random.normal(jax.random.key(1), ours(x).shape)
+  grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * weights))(x)
+  np.testing.assert_array_equal(grad(ours), grad(flax_pool))
+
+
 # --- DeepPose cascade ------------------------------------------------------------------
 
 
