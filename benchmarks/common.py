@@ -32,41 +32,45 @@ import time
 import jhpe  # pylint: disable=unused-import
 from jhpe import cpu_defaults
 
-# Named XLA flag sets a benchmark can be re-run under (`--variants=jhpe,xla`). Each is the
+# Named CPU settings a benchmark can be re-run under (`--variants=jhpe,xla`). Each is the
 # environment of a subprocess: `JHPE_CPU_DEFAULTS` and flags appended to ``XLA_FLAGS``.
+# The XLA flag variants keep jhpe's malloc settings ('malloc'), so only the flags differ.
 VARIANTS = {
     # jhpe's CPU defaults (jhpe/cpu_defaults.py): what `import jhpe` gives.
     'jhpe': {'JHPE_CPU_DEFAULTS': '1', 'XLA_FLAGS': ''},
-    # XLA's own defaults (YNNPACK convolutions): what a plain JAX user gets.
+    # XLA's and glibc's own defaults (YNNPACK convolutions, a fresh mmap of the temporary
+    # buffer every step): what a plain JAX user gets.
     'xla': {'JHPE_CPU_DEFAULTS': '0', 'XLA_FLAGS': ''},
+    # jhpe's XLA flags without its malloc settings.
+    'no_malloc': {'JHPE_CPU_DEFAULTS': 'flags', 'XLA_FLAGS': ''},
     # Only the convolution flag, without routing dots to oneDNN.
     'ynn_conv_off': {
-        'JHPE_CPU_DEFAULTS': '0',
+        'JHPE_CPU_DEFAULTS': 'malloc',
         'XLA_FLAGS': cpu_defaults.CPU_XLA_FLAGS[0]},
     # jhpe's defaults plus oneDNN for convolutions too (experimental fusion path).
     'onednn_conv': {
-        'JHPE_CPU_DEFAULTS': '0',
+        'JHPE_CPU_DEFAULTS': 'malloc',
         'XLA_FLAGS': ' '.join([
             cpu_defaults.CPU_XLA_FLAGS[0],
             '--xla_cpu_experimental_onednn_fusion_type=dot,individual_convolution'])},
     # Convolutions through XNNPACK instead of YNNPACK.
     'xnn_conv': {
-        'JHPE_CPU_DEFAULTS': '0',
+        'JHPE_CPU_DEFAULTS': 'malloc',
         'XLA_FLAGS': ' '.join([
             *cpu_defaults.CPU_XLA_FLAGS,
             '--xla_cpu_experimental_xnn_fusion_type=+individual_convolution'])},
     # The older oneDNN thunks for matmul and convolution fusions.
     'legacy_onednn': {
-        'JHPE_CPU_DEFAULTS': '0',
+        'JHPE_CPU_DEFAULTS': 'malloc',
         'XLA_FLAGS': ' '.join([*cpu_defaults.CPU_XLA_FLAGS, '--xla_cpu_use_onednn=true'])},
     # jhpe's defaults with 512-bit vectors in XLA's own generated code (AVX-512 CPUs).
     'vec512': {
-        'JHPE_CPU_DEFAULTS': '0',
+        'JHPE_CPU_DEFAULTS': 'malloc',
         'XLA_FLAGS': ' '.join([
             *cpu_defaults.CPU_XLA_FLAGS, '--xla_cpu_prefer_vector_width=512'])},
     # No library fusions at all: every op in XLA's own code or Eigen.
     'no_libs': {
-        'JHPE_CPU_DEFAULTS': '0',
+        'JHPE_CPU_DEFAULTS': 'malloc',
         'XLA_FLAGS': ' '.join([
             '--xla_cpu_experimental_ynn_fusion_type=-dot,-eltwise,-reduce,'
             '-individual_dot,-individual_convolution',

@@ -18,8 +18,9 @@ Two measured fixes (jaxlib 0.10.2, benchmarks/README.md), both applied at `impor
 
 Both concern CPU-only processes: the flags only steer XLA's CPU backend, and the malloc
 settings are skipped where a GPU/TPU plugin is installed or ``JAX_PLATFORMS`` names
-another platform. Set ``JHPE_CPU_DEFAULTS=0`` to opt out of both. They must be in place
-before JAX initialises (and before its threads start allocating): import jhpe first.
+another platform. ``JHPE_CPU_DEFAULTS`` chooses: ``1`` (default) both, ``0`` neither,
+``flags`` or ``malloc`` one of them. They must be in place before JAX initialises (and
+before its threads start allocating): import jhpe first.
 """
 
 import ctypes
@@ -40,20 +41,27 @@ _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_pl
                         "jax_rocm7_plugin", "libtpu")
 
 
+CHOICES = ("1", "0", "flags", "malloc")
+
+
 def apply(environ=os.environ):
-  """Appends `CPU_XLA_FLAGS` to ``XLA_FLAGS`` and tunes malloc, unless opted out.
+  """Appends `CPU_XLA_FLAGS` to ``XLA_FLAGS`` and tunes malloc, as ``JHPE_CPU_DEFAULTS`` says.
 
   Returns the flags that were added.
   """
-  if environ.get("JHPE_CPU_DEFAULTS", "1") == "0":
-    return ()
-  current = environ.get("XLA_FLAGS", "")
-  added = tuple(
-      flag for flag in CPU_XLA_FLAGS
-      if flag.split("=")[0] not in current)
-  if added:
-    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-  if _cpu_only(environ):
+  choice = environ.get("JHPE_CPU_DEFAULTS", "1")
+  if choice not in CHOICES:
+    raise ValueError(f"JHPE_CPU_DEFAULTS={choice!r} is not allowed; choose one of "
+                     f"{', '.join(CHOICES)}.")
+  added = ()
+  if choice in ("1", "flags"):
+    current = environ.get("XLA_FLAGS", "")
+    added = tuple(
+        flag for flag in CPU_XLA_FLAGS
+        if flag.split("=")[0] not in current)
+    if added:
+      environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  if choice in ("1", "malloc") and _cpu_only(environ):
     tune_malloc()
   return added
 

@@ -23,10 +23,16 @@ def test_flags_are_appended_once_and_the_users_own_win():
   assert own in env["XLA_FLAGS"] and cpu_defaults.CPU_XLA_FLAGS[0] not in env["XLA_FLAGS"]
 
 
-def test_opt_out_changes_nothing():
-  env = {"JHPE_CPU_DEFAULTS": "0"}
+@pytest.mark.parametrize("choice", ["0", "malloc"])
+def test_opt_out_of_the_flags_leaves_xla_flags_alone(choice):
+  env = {"JHPE_CPU_DEFAULTS": choice, "JAX_PLATFORMS": "cuda"}
   assert cpu_defaults.apply(env) == ()
-  assert env == {"JHPE_CPU_DEFAULTS": "0"}
+  assert env == {"JHPE_CPU_DEFAULTS": choice, "JAX_PLATFORMS": "cuda"}
+
+
+def test_unknown_choice_names_the_variable():
+  with pytest.raises(ValueError, match="JHPE_CPU_DEFAULTS='yes'.*1, 0, flags, malloc"):
+    cpu_defaults.apply({"JHPE_CPU_DEFAULTS": "yes"})
 
 
 @pytest.mark.parametrize("platforms, expected", [
@@ -57,9 +63,8 @@ print(json.dumps(faults))
 
 
 def _faults_per_call(opt_out):
-  env = dict(os.environ, JHPE_CPU_DEFAULTS="0" if opt_out else "1", JAX_PLATFORMS="cpu")
-  if opt_out:  # Keep the XLA flags: only the malloc settings differ between the runs.
-    env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *cpu_defaults.CPU_XLA_FLAGS])
+  # Both runs get the XLA flags: only the malloc settings differ.
+  env = dict(os.environ, JHPE_CPU_DEFAULTS="flags" if opt_out else "1", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, check=True,
                        capture_output=True, text=True, timeout=300).stdout
   return json.loads(out.strip().splitlines()[-1])
