@@ -36,7 +36,7 @@ PRESETS = {
                        'rmsprop', 'mpii'),
     'hourglass/quickstart': ('hourglass', dict(num_stacks=2, num_features=32, depth=2), 64,
                              'adam', 'synthetic'),
-    'hourglass/cpu': ('hourglass', dict(num_stacks=2, num_features=64, depth=3), 96,
+    'hourglass/cpu': ('hourglass', dict(num_stacks=2, num_features=128, depth=3), 96,
                       'adam', 'lsp'),
     'hourglass/paper': ('hourglass', dict(num_stacks=8, num_features=256), 256, 'rmsprop',
                         'mpii'),
