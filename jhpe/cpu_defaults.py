@@ -14,7 +14,8 @@ Two measured fixes (jaxlib 0.10.2, benchmarks/README.md), both applied at `impor
    the next step reuses the freed heap memory (0 page faults per step, step time -25%).
    One arena because glibc's per-thread arenas fall back to mmap for any request larger
    than their 64 MB heaps whatever the settings, and XLA allocates from worker threads.
-   The cost: the heap keeps its peak size until the process exits.
+   The cost: the heap keeps its peak size until the process exits (with many forced host
+   devices it grows for the first ~10 steps before the buffers are reused).
 
 Both concern CPU-only processes: the flags only steer XLA's CPU backend, and the malloc
 settings are skipped where a GPU/TPU plugin is installed or ``JAX_PLATFORMS`` names
@@ -39,8 +40,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 MALLOC_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                         "jax_rocm7_plugin", "libtpu")
-
-
+# The values of JHPE_CPU_DEFAULTS: both settings, neither, the flags only, malloc only.
 CHOICES = ("1", "0", "flags", "malloc")
 
 
