@@ -39,10 +39,19 @@ def load_run(run_dir: str) -> dict:
 
 
 def training_seconds(records: Sequence[dict]) -> float:
-  """Wall seconds of training: the last `elapsed_s`, else the sum of the log intervals."""
+  """Wall seconds of training: from `elapsed_s`, else the sum of the log intervals.
+
+  `elapsed_s` restarts at 0 when a preempted run resumes: each segment's last value is
+  added (the steps between a segment's last log line and its checkpoint are not counted).
+  """
   train = [r for r in records if "steps_per_s" in r]
-  if train and "elapsed_s" in train[-1]:
-    return float(train[-1]["elapsed_s"])
+  if train and all("elapsed_s" in r for r in train):
+    total, previous = 0.0, 0.0
+    for r in train:
+      if r["elapsed_s"] < previous:  # A resumed segment starts.
+        total += previous
+      previous = r["elapsed_s"]
+    return total + previous
   total, last_step = 0.0, 0
   for r in train:
     total += (r["step"] - last_step) / r["steps_per_s"]

@@ -54,3 +54,13 @@ def test_missing_eval_file_is_named(tmp_path, capsys):
 def test_training_seconds_prefers_the_recorded_wall_time():
   assert results_table.training_seconds(
       [{"step": 5, "steps_per_s": 1.0, "elapsed_s": 42.0}]) == pytest.approx(42.0)
+
+
+def test_training_seconds_adds_the_segments_of_a_resumed_run():
+  # Preempted after 100 s, resumed: the resumed process counts from 0 again.
+  records = [{"step": 50, "steps_per_s": 1.0, "elapsed_s": 60.0},
+             {"step": 100, "steps_per_s": 1.0, "elapsed_s": 100.0},
+             {"step": 100, "eval/PCK@0.2": 0.5},
+             {"step": 150, "steps_per_s": 1.0, "elapsed_s": 45.0},
+             {"step": 200, "steps_per_s": 1.0, "elapsed_s": 90.0}]
+  assert results_table.training_seconds(records) == pytest.approx(190.0)
