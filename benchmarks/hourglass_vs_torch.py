@@ -12,6 +12,7 @@ shared machine's drifting load hits both alike. Compile time is reported apart.
 
   python -m benchmarks.hourglass_vs_torch                          # 2 and 8 stacks, batch 8
   python -m benchmarks.hourglass_vs_torch --variants=jhpe,xla      # with / without jhpe's flags
+  python -m benchmarks.hourglass_vs_torch --sides=torch --variants=jhpe,no_malloc  # alone
   python -m benchmarks.hourglass_vs_torch --stacks=1 --size=64 --features=32 --batch=2 \\
       --repeats=2                                                    # quick
 """
@@ -127,35 +128,52 @@ def torch_side(num_stacks, features, num_joints, depth, images, targets,
           'infer': run_infer, 'compile_train_s': 0.0, 'compile_infer_s': 0.0}
 
 
+SIDES = ('jhpe', 'torch')
+
+
 def compare(num_stacks, batch=8, size=256, features=256, num_joints=16, depth=4,
             modes=('train', 'infer'), repeats=3, warmup=1, channels_last=False,
-            dtype='float32'):
+            dtype='float32', sides=SIDES):
   """Rows (one per mode) of the side by side for one number of stacks.
+
+  `sides` may name one side only: it is then timed in a process of its own (no ratio).
+  One process shares one malloc between the sides, and glibc's settings move PyTorch's
+  step as much as XLA's (benchmarks/README.md).
 
   Raises a RuntimeError if the two models' parameter counts differ (the port would not be
   the same network).
   """
+  unknown = set(sides) - set(SIDES)
+  if unknown or not sides:
+    raise ValueError(f'--sides: expected some of {SIDES}, got {sides}')
   images, targets = make_inputs(batch, size, num_joints)
-  ours = jhpe_side(num_stacks, features, num_joints, depth, images, targets, dtype)
-  theirs = torch_side(num_stacks, features, num_joints, depth, images, targets,
-                      channels_last)
-  if ours['params'] != theirs['params']:
+  built = {}
+  if 'jhpe' in sides:
+    built['jhpe'] = jhpe_side(num_stacks, features, num_joints, depth, images, targets,
+                              dtype)
+  if 'torch' in sides:
+    built['torch'] = torch_side(num_stacks, features, num_joints, depth, images, targets,
+                                channels_last)
+  params = {side: b['params'] for side, b in built.items()}
+  if len(set(params.values())) > 1:
     raise RuntimeError(
-        f'parameter counts differ: jhpe {ours["params"]} vs torch port {theirs["params"]} '
+        f'parameter counts differ: jhpe {params["jhpe"]} vs torch port {params["torch"]} '
         f'({num_stacks} stacks, {features} features): the port is not the same network')
   rows = []
   for mode in modes:
     timings = common.time_interleaved(
-        {'jhpe': ours[mode], 'torch': theirs[mode]}, repeats, warmup,
+        {side: b[mode] for side, b in built.items()}, repeats, warmup,
         syncs={'torch': lambda _: None})
-    jt, tt = timings['jhpe'].median, timings['torch'].median
-    rows.append({
-        'stacks': num_stacks, 'mode': mode, 'batch': batch, 'size': size,
-        'params': ours['params'], 'jhpe_ms': jt * 1e3, 'torch_ms': tt * 1e3,
-        'jhpe_img_s': batch / jt, 'torch_img_s': batch / tt, 'ratio': tt / jt,
-        'jhpe_compile_s': ours[f'compile_{mode}_s'],
-        'jhpe_min_ms': timings['jhpe'].min * 1e3, 'torch_min_ms': timings['torch'].min * 1e3,
-    })
+    row = {'stacks': num_stacks, 'mode': mode, 'batch': batch, 'size': size,
+           'params': next(iter(params.values()))}
+    for side, timing in timings.items():
+      row.update({f'{side}_ms': timing.median * 1e3, f'{side}_img_s': batch / timing.median,
+                  f'{side}_min_ms': timing.min * 1e3})
+    if 'jhpe' in built:
+      row['jhpe_compile_s'] = built['jhpe'][f'compile_{mode}_s']
+    if len(timings) == 2:
+      row['ratio'] = timings['torch'].median / timings['jhpe'].median
+    rows.append(row)
   return rows
 
 
@@ -170,6 +188,9 @@ def parse_args(argv):
   parser.add_argument('--modes', default='train,infer')
   parser.add_argument('--torch_channels_last', action='store_true',
                       help='torch in channels_last memory format (NHWC)')
+  parser.add_argument('--sides', default='jhpe,torch',
+                      help='both sides in one process (the default, with the ratio) or one '
+                           'of them alone in its own process')
   parser.add_argument('--dtype', default='float32',
                       help="jhpe compute dtype (the comparison is float32; 'bfloat16' "
                            'to try mixed precision)')
@@ -189,7 +210,7 @@ def main(argv=None):
   for stacks in [int(s) for s in args.stacks.split(',')]:
     new = compare(stacks, args.batch, args.size, args.features, args.joints, args.depth,
                   tuple(args.modes.split(',')), args.repeats, args.warmup,
-                  args.torch_channels_last, args.dtype)
+                  args.torch_channels_last, args.dtype, tuple(args.sides.split(',')))
     print(common.format_table(new, COLUMNS), flush=True)  # Partial results early.
     rows += new
   common.report(rows, args, title, COLUMNS)

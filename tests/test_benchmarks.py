@@ -167,6 +167,21 @@ def test_hourglass_vs_torch_tiny_side_by_side():
     assert _positive_finite(r['jhpe_img_s']) and _positive_finite(r['torch_img_s'])
 
 
+@pytest.mark.parametrize("side", ["jhpe", "torch"])
+def test_hourglass_vs_torch_one_side_alone_has_no_ratio(side):
+  if side == "torch":
+    _torch_port()
+  from benchmarks import hourglass_vs_torch  # pylint: disable=g-import-not-at-top
+  rows = hourglass_vs_torch.compare(1, batch=1, size=16, features=8, num_joints=2,
+                                    depth=1, repeats=1, warmup=0, sides=(side,))
+  other = "torch" if side == "jhpe" else "jhpe"
+  for r in rows:
+    assert _positive_finite(r[f"{side}_img_s"])
+    assert "ratio" not in r and f"{other}_ms" not in r
+  with pytest.raises(ValueError, match="--sides"):
+    hourglass_vs_torch.compare(1, sides=("tensorflow",))
+
+
 def test_jax_backend_is_available():
   # The benchmarks time on the default backend; it must be up after `import jhpe`.
   assert jax.devices()
