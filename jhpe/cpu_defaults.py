@@ -11,11 +11,14 @@ Two measured fixes (jaxlib 0.10.2, benchmarks/README.md), both applied at `impor
    frees it when the step ends. glibc serves such sizes with a fresh `mmap` and returns
    them with `munmap`, so every step page-faults the whole buffer in again: a training run
    spent 21% of its CPU time in the kernel. With one malloc arena, no mmap and no trimming
-   the next step reuses the freed heap memory (0 page faults per step, step time -25%).
+   the next step reuses the freed heap memory: 0 page faults per step, and the LSP
+   flagfile model's train step runs 1.57x faster (benchmarks/README.md).
    One arena because glibc's per-thread arenas fall back to mmap for any request larger
    than their 64 MB heaps whatever the settings, and XLA allocates from worker threads.
    The cost: the heap keeps its peak size until the process exits (with many forced host
-   devices it grows for the first ~10 steps before the buffers are reused).
+   devices it grows for the first ~10 steps before the buffers are reused), and in a
+   process where something else allocates heavily too (PyTorch beside JAX) the freed
+   buffer gets split and the gain shrinks.
 
 Both concern CPU-only processes: the flags only steer XLA's CPU backend, and the malloc
 settings are skipped where a GPU/TPU plugin is installed or ``JAX_PLATFORMS`` names
