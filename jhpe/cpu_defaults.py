@@ -18,7 +18,8 @@ Two measured fixes (jaxlib 0.10.2, benchmarks/README.md), both applied at `impor
    The cost: the heap keeps its peak size until the process exits (with many forced host
    devices it grows for the first ~10 steps before the buffers are reused), and in a
    process where something else allocates heavily too (PyTorch beside JAX) the freed
-   buffer gets split and the gain shrinks.
+   buffer gets split and the gain shrinks; the JPEG-decoding data path itself runs a third
+   slower in one arena (benchmarks/README.md: an open question for the whole loop).
 
 Both concern CPU-only processes: the flags only steer XLA's CPU backend, and the malloc
 settings are skipped where a GPU/TPU plugin is installed or ``JAX_PLATFORMS`` names
