@@ -139,6 +139,23 @@ def test_reference_run_trains_and_writes_the_workdir(tiny):
   assert len(predictions) == 32 and np.shape(predictions[0]["joints"]) == (14, 2)
   assert (workdir / "config.json").exists() and (workdir / "tensorboard").is_dir()
   assert ckpt.latest_step(str(workdir)) == NUM_STEPS
+  with open(workdir / "metrics.jsonl") as f:
+    evals = [r for r in map(json.loads, f) if "eval/PCK@0.2" in r]
+  assert [r["step"] for r in evals] == [NUM_STEPS]
+  assert evals[0]["eval/PCK@0.2"] == ref["eval"]["mean"]
+  assert evals[0]["eval/PCP"] == ref["eval"]["pcp"]["mean"]
+
+
+def test_eval_record_logs_pcp_and_each_stage_of_a_multistage_model():
+  results = {"metric": "PCK@0.2", "mean": 0.5, "num_examples": 10,
+             "pcp": {"torso": 0.9, "mean": 0.4},
+             "per_stage": [{"stage": 1, "mean": 0.3, "pcp": 0.2},
+                           {"stage": 2, "mean": 0.5, "pcp": 0.4}]}
+  assert loop.eval_record(results) == {
+      "eval/PCK@0.2": 0.5, "eval/num_examples": 10, "eval/PCP": 0.4,
+      "eval/PCK@0.2/stage1": 0.3, "eval/PCK@0.2/stage2": 0.5}
+  one_stage = dict(results, per_stage=results["per_stage"][1:])
+  assert "eval/PCK@0.2/stage2" not in loop.eval_record(one_stage)
 
 
 def test_sigterm_then_sigkill_then_restart_ends_as_uninterrupted(tiny):

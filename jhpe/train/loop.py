@@ -220,6 +220,23 @@ class MetricWriter:
       self._tb.close()
 
 
+def eval_record(results: dict) -> dict:
+  """The metrics.jsonl record of an evaluation: the mean, PCP and each stage's mean.
+
+  Every evaluation logs them, so the learning curve of each stage (do later stages
+  refine earlier ones, and from when?) is in metrics.jsonl, not only in the final eval.
+  """
+  metric = results["metric"]
+  record = {f"eval/{metric}": results["mean"], "eval/num_examples": results["num_examples"]}
+  if results.get("pcp"):
+    record["eval/PCP"] = results["pcp"]["mean"]
+  per_stage = results.get("per_stage") or ()
+  if len(per_stage) > 1:
+    for s in per_stage:
+      record[f"eval/{metric}/stage{s['stage']}"] = s["mean"]
+  return record
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -392,8 +409,7 @@ def _train(r: _Runner) -> dict:
 
   def run_eval(step, final):
     results = r.evaluate(state, step, final)
-    r.writer.write(step, {"eval/" + results["metric"]: results["mean"],
-                          "eval/num_examples": results["num_examples"]})
+    r.writer.write(step, eval_record(results))
     return results
 
   # A run preempted during an evaluation evaluates that step again first.
