@@ -182,6 +182,33 @@ def test_hourglass_vs_torch_one_side_alone_has_no_ratio(side):
     hourglass_vs_torch.compare(1, sides=("tensorflow",))
 
 
+def test_layers_tiny_rows_pair_each_layer_with_the_ports():
+  _torch_port()
+  from benchmarks import layers  # pylint: disable=g-import-not-at-top
+  rows = layers.compare(batch=1, size=8, features=8, repeats=1, warmup=0)
+  assert [r['layer'] for r in rows] == list(layers.LAYERS)
+  by_layer = {r['layer']: r for r in rows}
+  # Same parameter counts on both sides (compare raises otherwise); these are the counts.
+  assert by_layer['residual']['params'] == 256  # BN 16, 1x1 36, BN 8, 3x3 148, BN 8, 1x1 40.
+  assert by_layer['max_pool']['params'] == by_layer['upsample']['params'] == 0
+  for r in rows:
+    assert r['ratio'] == pytest.approx(r['torch_ms'] / r['jhpe_ms'])
+    assert _positive_finite(r['jhpe_ms']) and _positive_finite(r['torch_ms'])
+
+
+def test_layers_jhpe_alone_has_no_ratio_and_unknown_names_are_refused():
+  from benchmarks import layers  # pylint: disable=g-import-not-at-top
+  rows = layers.compare(('residual', 'max_pool'), batch=1, size=8, features=8, repeats=1,
+                        warmup=0, sides=('jhpe',))
+  assert [r['params'] for r in rows] == [256, 0]
+  for r in rows:
+    assert _positive_finite(r['jhpe_ms']) and 'ratio' not in r and 'torch_ms' not in r
+  with pytest.raises(ValueError, match="--layers: unknown"):
+    layers.compare(('residual', 'attention'), batch=1, size=8, features=8)
+  with pytest.raises(ValueError, match="--sides"):
+    layers.compare(('residual',), sides=('tensorflow',))
+
+
 def test_jax_backend_is_available():
   # The benchmarks time on the default backend; it must be up after `import jhpe`.
   assert jax.devices()
