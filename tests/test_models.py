@@ -311,6 +311,20 @@ def test_max_pool_matches_flax_in_value_and_gradient(window, stride, padding, si
   np.testing.assert_array_equal(grad(ours), grad(flax_pool))
 
 
+def test_conv1x1_is_a_1x1_convolution_with_dense_parameters():
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from jhpe.models import layers  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
+  conv1x1 = layers.Conv1x1(6)
+  variables = conv1x1.init(jax.random.key(1), x)
+  dense = variables["params"]["dense"]
+  # The parameters of a Dense layer (checkpoints name them so), kernel (C, F).
+  assert dense["kernel"].shape == (4, 6) and dense["bias"].shape == (6,)
+  reference = nn.Conv(6, (1, 1)).apply(
+      {"params": {"kernel": dense["kernel"][None, None], "bias": dense["bias"]}}, x)
+  np.testing.assert_allclose(conv1x1.apply(variables, x), reference, rtol=1e-5, atol=1e-6)
+
+
 # --- DeepPose cascade ------------------------------------------------------------------
 
 
