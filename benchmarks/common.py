@@ -97,6 +97,23 @@ def add_common_flags(parser: argparse.ArgumentParser, repeats=5):
   return parser
 
 
+# The two sides of a side by side: jhpe and the PyTorch port.
+SIDES = ('jhpe', 'torch')
+
+
+def add_sides_flag(parser: argparse.ArgumentParser):
+  """--sides: both sides in one process (with their ratio), or one side alone."""
+  parser.add_argument('--sides', default=','.join(SIDES),
+                      help='both sides in one process (the default, with the ratio) or one '
+                           'of them alone in its own process')
+
+
+def check_sides(sides):
+  """Raises a ValueError naming --sides unless `sides` is a non-empty subset of SIDES."""
+  if not sides or set(sides) - set(SIDES):
+    raise ValueError(f'--sides: expected some of {SIDES}, got {sides}')
+
+
 def set_threads(threads):
   """Pins the process to `threads` cores (before JAX starts) and sets torch's threads.
 

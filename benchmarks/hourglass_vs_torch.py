@@ -128,12 +128,11 @@ def torch_side(num_stacks, features, num_joints, depth, images, targets,
           'infer': run_infer, 'compile_train_s': 0.0, 'compile_infer_s': 0.0}
 
 
-SIDES = ('jhpe', 'torch')
 
 
 def compare(num_stacks, batch=8, size=256, features=256, num_joints=16, depth=4,
             modes=('train', 'infer'), repeats=3, warmup=1, channels_last=False,
-            dtype='float32', sides=SIDES):
+            dtype='float32', sides=common.SIDES):
   """Rows (one per mode) of the side by side for one number of stacks.
 
   `sides` may name one side only: it is then timed in a process of its own (no ratio).
@@ -143,9 +142,7 @@ def compare(num_stacks, batch=8, size=256, features=256, num_joints=16, depth=4,
   Raises a RuntimeError if the two models' parameter counts differ (the port would not be
   the same network).
   """
-  unknown = set(sides) - set(SIDES)
-  if unknown or not sides:
-    raise ValueError(f'--sides: expected some of {SIDES}, got {sides}')
+  common.check_sides(sides)
   images, targets = make_inputs(batch, size, num_joints)
   built = {}
   if 'jhpe' in sides:
@@ -188,9 +185,7 @@ def parse_args(argv):
   parser.add_argument('--modes', default='train,infer')
   parser.add_argument('--torch_channels_last', action='store_true',
                       help='torch in channels_last memory format (NHWC)')
-  parser.add_argument('--sides', default='jhpe,torch',
-                      help='both sides in one process (the default, with the ratio) or one '
-                           'of them alone in its own process')
+  common.add_sides_flag(parser)
   parser.add_argument('--dtype', default='float32',
                       help="jhpe compute dtype (the comparison is float32; 'bfloat16' "
                            'to try mixed precision)')

@@ -28,7 +28,6 @@ import sys
 import jhpe  # pylint: disable=unused-import  # sets the CPU XLA flags before JAX starts
 from benchmarks import common
 
-SIDES = ('jhpe', 'torch')
 LAYERS = ('residual', 'bn_relu', 'conv1x1', 'conv3x3', 'max_pool', 'upsample')
 COLUMNS = ['layer', 'input', 'params', 'jhpe_ms', 'torch_ms', 'ratio', 'jhpe_compile_s']
 
@@ -120,7 +119,7 @@ def torch_layer(layer, x, features):
 
 
 def compare(layer_names=LAYERS, batch=8, size=64, features=256, repeats=5, warmup=1,
-            sides=SIDES):
+            sides=common.SIDES):
   """One row per layer: jhpe and torch fwd+bwd times, alternated; ratio = torch / jhpe.
 
   `sides` may name one side only, timed in a process of its own (no ratio): one process
@@ -132,8 +131,7 @@ def compare(layer_names=LAYERS, batch=8, size=64, features=256, repeats=5, warmu
   unknown = [name for name in layer_names if name not in LAYERS]
   if unknown:
     raise ValueError(f'--layers: unknown {unknown}; expected some of {list(LAYERS)}')
-  if not sides or set(sides) - set(SIDES):
-    raise ValueError(f'--sides: expected some of {SIDES}, got {sides}')
+  common.check_sides(sides)
   torch = None
   if 'torch' in sides:
     import torch  # pylint: disable=g-import-not-at-top,redefined-outer-name
@@ -169,9 +167,7 @@ def parse_args(argv):
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--size', type=int, default=64, help='height = width of the input')
   parser.add_argument('--features', type=int, default=256)
-  parser.add_argument('--sides', default='jhpe,torch',
-                      help='both sides in one process (the default, with the ratio) or one '
-                           'of them alone in its own process')
+  common.add_sides_flag(parser)
   common.add_common_flags(parser)
   return parser.parse_args(argv)
 
