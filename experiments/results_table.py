@@ -4,8 +4,8 @@ r"""The README's results table, computed from runs' files (nothing typed by hand
 
 Each argument is a run folder holding the workdir's `config.json`, `metrics.jsonl` and
 `eval/<dataset>_<split>.json` (a training workdir, or its copy under docs/results/). Prints
-two markdown tables: per joint (LSP's pairs averaged, person-centric PCK@0.2) with PCP,
-and stage by stage.
+markdown tables: per joint (LSP's pairs averaged, person-centric PCK@0.2) with PCP; stage
+by stage; and the learning curve of runs evaluated during training.
 """
 
 import json
@@ -105,6 +105,39 @@ def stage_table(runs: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
+def curve_table(runs: Sequence[dict]) -> str:
+  """The learning curve of runs evaluated more than once: each evaluation's mean and stages.
+
+  Stage cells come from the evaluations' records in metrics.jsonl (logged since
+  2026-12-02) and, for the last step, from the eval JSON; older records show the mean only.
+  """
+  curves = []
+  for run in runs:
+    metric = run["eval"]["metric"]
+    # By step; a step evaluated twice (a run preempted mid-evaluation) keeps its last.
+    evals = {r["step"]: r for r in run["metrics"] if f"eval/{metric}" in r}
+    evals = [evals[step] for step in sorted(evals)]
+    if len(evals) > 1:
+      curves.append((run, metric, evals))
+  if not curves:
+    return ""
+  depth = max(len(run["eval"].get("per_stage") or ()) for run, _, _ in curves)
+  head = ["run", "step", "images seen", "PCK mean"] + [f"stage {t + 1}" for t in range(depth)]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for run, metric, evals in curves:
+    final = {s["stage"]: s["mean"] for s in run["eval"].get("per_stage") or ()}
+    for record in evals:
+      stages = [record.get(f"eval/{metric}/stage{t + 1}") for t in range(depth)]
+      if record["step"] == run["eval"]["step"] and len(final) > 1:
+        stages = [final.get(t + 1) for t in range(depth)]
+      lines.append("| " + " | ".join(
+          [run["name"], str(record["step"]),
+           f"{record['step'] * run['config']['batch_size']:,}",
+           _pct(record[f"eval/{metric}"])] +
+          ["" if x is None else _pct(x) for x in stages]) + " |")
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> int:
   if not argv:
     print(__doc__, file=sys.stderr)
@@ -115,9 +148,9 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(joint_table(runs))
-  stages = stage_table(runs)
-  if stages:
-    print("\n" + stages)
+  for table in (stage_table(runs), curve_table(runs)):
+    if table:
+      print("\n" + table)
   return 0
 
 

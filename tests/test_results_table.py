@@ -24,7 +24,7 @@ def _run_dir(tmp_path, name, per_stage, intermediate=True):
   per_joint = {n: 0.5 for n in skeletons.LSP.joint_names}
   per_joint.update(left_wrist=0.2, right_wrist=0.4, mean=per_stage[-1])
   (run / "eval" / "lsp_test.json").write_text(json.dumps({
-      "mean": per_stage[-1], "per_joint": per_joint, "pcp": {"mean": 0.25},
+      "metric": "PCK@0.2", "step": 10, "mean": per_stage[-1], "per_joint": per_joint, "pcp": {"mean": 0.25},
       "per_stage": [{"stage": t + 1, "mean": m} for t, m in enumerate(per_stage)]}))
   return str(run)
 
@@ -42,6 +42,23 @@ def test_tables_from_run_folders(tmp_path, capsys):
   assert cells[-2:] == ["**70.0**", "25.0"]
   assert "| with | yes | 60.0 | 70.0 |" in out
   assert "| without | no (last stage only) | 10.0 | 65.0 |" in out
+
+
+def test_learning_curve_lists_each_evaluation_with_its_stages(tmp_path, capsys):
+  run = _run_dir(tmp_path, "curve", [0.3, 0.5])
+  with open(f"{run}/metrics.jsonl", "a") as f:  # An earlier evaluation, stages logged.
+    f.write(json.dumps({"step": 5, "eval/PCK@0.2": 0.2, "eval/PCK@0.2/stage1": 0.1,
+                        "eval/PCK@0.2/stage2": 0.2}) + "\n")
+  single = _run_dir(tmp_path, "single", [0.4, 0.45])  # Evaluated once: no curve.
+  assert results_table.main([run, single]) == 0
+  out = capsys.readouterr().out
+  curve = out.split("| run | step | images seen | PCK mean | stage 1 | stage 2 |")[1]
+  rows = [[c.strip() for c in l.strip("|").split("|")] for l in curve.splitlines()
+          if l.startswith("| curve")]
+  # By step; the last step's stages from the eval JSON.
+  assert rows == [["curve", "5", "20", "20.0", "10.0", "20.0"],
+                  ["curve", "10", "40", "50.0", "30.0", "50.0"]]
+  assert "| single" not in curve
 
 
 def test_missing_eval_file_is_named(tmp_path, capsys):
