@@ -5,7 +5,8 @@ r"""The README's results table, computed from runs' files (nothing typed by hand
 Each argument is a run folder holding the workdir's `config.json`, `metrics.jsonl` and
 `eval/<dataset>_<split>.json` (a training workdir, or its copy under docs/results/). Prints
 markdown tables: per joint (LSP's pairs averaged, person-centric PCK@0.2) with PCP; stage
-by stage; and the learning curve of runs evaluated during training.
+by stage; the learning curve of runs evaluated during training; and where the joints go
+(good, left/right inversion, jitter, miss) for evaluations that have it.
 """
 
 import json
@@ -105,6 +106,26 @@ def stage_table(runs: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
+def error_table(runs: Sequence[dict]) -> str:
+  """Where each run's joints go (`jhpe.metrics.error_types`), for runs whose eval has it."""
+  typed = [r for r in runs if r["eval"].get("error_types")]
+  if not typed:
+    return ""
+  head = ["run", "good", "inversion (left/right)", "jitter", "miss",
+          "wrist inversion", "wrist jitter"]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for run in typed:
+    types = run["eval"]["error_types"]
+    wrists = ("left_wrist", "right_wrist")
+    wrist = {k: None if any(types[k].get(j) is None for j in wrists) else
+             sum(types[k][j] for j in wrists) / 2 for k in ("inversion", "jitter")}
+    lines.append("| " + " | ".join(
+        [run["name"]] + [_pct(types[k]["mean"]) for k in ("good", "inversion", "jitter",
+                                                          "miss")] +
+        [_pct(wrist["inversion"]), _pct(wrist["jitter"])]) + " |")
+  return "\n".join(lines)
+
+
 def curve_table(runs: Sequence[dict]) -> str:
   """The learning curve of runs evaluated more than once: each evaluation's mean and stages.
 
@@ -148,7 +169,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(joint_table(runs))
-  for table in (stage_table(runs), curve_table(runs)):
+  for table in (stage_table(runs), curve_table(runs), error_table(runs)):
     if table:
       print("\n" + table)
   return 0

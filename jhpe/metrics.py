@@ -233,6 +233,50 @@ def pck_curve(pred, gt, visible, normaliser, alphas):
   return _rates(hits, np.broadcast_to(annotated, hits.shape)), mean
 
 
+ERROR_TYPES = ("good", "inversion", "jitter", "miss")
+
+
+def error_types(pred, gt, visible, normaliser, skeleton, alpha=0.2, jitter_alpha=0.5):
+  """Where the joints go, after Ronchi and Perona's error diagnosis (ICCV 2017), in PCK radii.
+
+  Each annotated joint gets one type, checked in this order:
+  - 'good': within alpha x normaliser of its ground truth (a PCK@alpha hit);
+  - 'inversion': not, but within alpha of its left/right counterpart's ground truth (the
+    left wrist predicted on the right wrist); joints without a counterpart never are;
+  - 'jitter': within jitter_alpha of its own ground truth (the right place, imprecise);
+  - 'miss': the rest.
+
+  Args:
+    pred, gt, visible, normaliser: as in `pck_hits`.
+    skeleton: a `Skeleton` (or its name): names the joints and pairs them left/right.
+    alpha, jitter_alpha: the PCK threshold and the outer radius of jitter.
+
+  Returns:
+    {type: {joint name: fraction of that joint's annotated instances, ..., 'mean':
+    fraction of all annotated joints}} for each type in `ERROR_TYPES`; per joint and in
+    the mean, the four fractions add up to 1.
+  """
+  if isinstance(skeleton, str):
+    skeleton = skeletons_lib.get_skeleton(skeleton)
+  names = _names(skeleton, np.shape(gt)[1])
+  jitter_alpha = float(_check_alpha(jitter_alpha, "jitter_alpha"))
+  if jitter_alpha < alpha:
+    raise ValueError(f"jitter_alpha must be >= alpha ({alpha}), got {jitter_alpha}.")
+  good, annotated = pck_hits(pred, gt, visible, normaliser, alpha)
+  counterpart = np.asarray(skeleton.flip_permutation)
+  paired = counterpart != np.arange(len(names))
+  # The prediction of joint j against the ground truth of its counterpart (both annotated).
+  visible = np.asarray(visible)
+  near_other, _ = pck_hits(pred, np.asarray(gt)[:, counterpart],
+                           visible * visible[:, counterpart], normaliser, alpha)
+  inversion = annotated & ~good & near_other & paired[None]
+  jitter_hit, _ = pck_hits(pred, gt, visible, normaliser, jitter_alpha)
+  jitter = jitter_hit & ~good & ~inversion
+  miss = annotated & ~good & ~inversion & ~jitter
+  outcomes = dict(good=good, inversion=inversion, jitter=jitter, miss=miss)
+  return {kind: per_joint_table(outcomes[kind], annotated, names) for kind in ERROR_TYPES}
+
+
 def _end_point(points, indices):
   return points[:, list(indices)].mean(axis=1)
 

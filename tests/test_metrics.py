@@ -184,6 +184,32 @@ def test_bad_input(call, match):
     call()
 
 
+def test_error_types_hand_computed():
+  gt = np.zeros((2, LSP.num_joints, 2))
+  gt[..., 0] = np.arange(LSP.num_joints) * 20.0  # 20 px apart; radii 2 (good), 5 (jitter).
+  pred = gt.copy()
+  i = LSP.index
+  pred[0, i("left_ankle")] = gt[0, i("right_ankle")]  # On its counterpart: inversion.
+  pred[0, i("right_knee")] += [3.0, 0.0]  # Near, not within 2: jitter.
+  pred[0, i("neck")] = gt[0, i("head_top")]  # Far, and no counterpart: miss.
+  pred[1, i("right_wrist")] = gt[1, i("left_wrist")]  # Inversion, in the other person...
+  visible = np.ones((2, LSP.num_joints))
+  visible[1, i("left_wrist")] = 0  # ...but the counterpart is not annotated: a miss.
+  types = metrics.error_types(pred, gt, visible, np.full(2, 10.0), LSP)
+  assert types["inversion"]["left_ankle"] == 0.5 and types["good"]["left_ankle"] == 0.5
+  assert types["jitter"]["right_knee"] == 0.5
+  assert types["miss"]["neck"] == 0.5 and types["inversion"]["neck"] == 0.0
+  assert types["miss"]["right_wrist"] == 0.5 and types["inversion"]["right_wrist"] == 0.0
+  assert types["good"]["left_wrist"] == 1.0  # Its one annotated instance.
+  annotated = visible.sum()
+  assert types["good"]["mean"] == pytest.approx((annotated - 4) / annotated)
+  assert types["miss"]["mean"] == pytest.approx(2 / annotated)
+  for name in (*LSP.joint_names, "mean"):
+    assert sum(types[k][name] for k in metrics.ERROR_TYPES) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="jitter_alpha"):
+    metrics.error_types(pred, gt, visible, np.full(2, 10.0), LSP, jitter_alpha=0.1)
+
+
 def test_person_without_ground_truth_may_have_nan_normaliser():
   gt = np.zeros((2, 14, 2))
   visible = np.ones((2, 14))

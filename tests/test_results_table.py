@@ -61,6 +61,27 @@ def test_learning_curve_lists_each_evaluation_with_its_stages(tmp_path, capsys):
   assert "| single" not in curve
 
 
+def test_error_table_for_runs_whose_eval_has_error_types(tmp_path, capsys):
+  typed = _run_dir(tmp_path, "typed", [0.5])
+  with open(f"{typed}/eval/lsp_test.json") as f:
+    ev = json.load(f)
+  names = list(skeletons.LSP.joint_names)
+  ev["error_types"] = {
+      "good": {**{n: 0.5 for n in names}, "mean": 0.5},
+      "inversion": {**{n: 0.1 for n in names}, "left_wrist": 0.3, "mean": 0.1},
+      "jitter": {**{n: 0.3 for n in names}, "mean": 0.3},
+      "miss": {**{n: 0.1 for n in names}, "mean": 0.1}}
+  with open(f"{typed}/eval/lsp_test.json", "w") as f:
+    json.dump(ev, f)
+  untyped = _run_dir(tmp_path, "untyped", [0.5])
+  assert results_table.main([typed, untyped]) == 0
+  table = capsys.readouterr().out.split("| run | good | inversion (left/right) |")[1]
+  rows = [[c.strip() for c in l.strip("|").split("|")] for l in table.splitlines()
+          if l.startswith("| ") and "---" not in l]
+  # Wrists: (0.3 + 0.1) / 2 inverted, 0.3 jitter.
+  assert rows == [["typed", "50.0", "10.0", "30.0", "10.0", "20.0", "30.0"]]
+
+
 def test_missing_eval_file_is_named(tmp_path, capsys):
   run = _run_dir(tmp_path, "broken", [0.5, 0.6])
   (tmp_path / "broken" / "eval" / "lsp_test.json").unlink()

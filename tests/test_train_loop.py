@@ -144,6 +144,10 @@ def test_reference_run_trains_and_writes_the_workdir(tiny):
   assert [r["step"] for r in evals] == [NUM_STEPS]
   assert evals[0]["eval/PCK@0.2"] == ref["eval"]["mean"]
   assert evals[0]["eval/PCP"] == ref["eval"]["pcp"]["mean"]
+  types = ref["eval"]["error_types"]
+  assert types["good"]["mean"] == ref["eval"]["mean"]  # 'good' is a PCK hit.
+  assert sum(types[k]["mean"] for k in ("good", "inversion", "jitter", "miss")) == (
+      pytest.approx(1.0))
 
 
 def test_eval_record_logs_pcp_and_each_stage_of_a_multistage_model():

@@ -4,10 +4,12 @@
 over every example of a split and scores it with the dataset's metric: PCK@0.2 with the
 torso normaliser (LSP and the synthetic set), PCKh@0.5 (MPII; the headline is the mean
 without pelvis and thorax, as the MPII table), plus strict PCP where the skeleton defines
-PCP parts. `write_eval_files` writes the workdir contract:
+PCP parts, and where the misses go (`metrics.error_types`: left/right inversions, jitter,
+far misses). `write_eval_files` writes the workdir contract:
 
   eval/<dataset>_<split>.json              {'dataset', 'split', 'step', 'checkpoint',
-                                            'metric', 'mean', 'per_joint', 'pcp', ...}
+                                            'metric', 'mean', 'per_joint', 'pcp',
+                                            'per_stage', 'error_types', ...}
   eval/<dataset>_<split>_predictions.json  [{'id', 'joints' (J, 2) original px,
                                              'confidence' (J,)}, ...]
 """
@@ -177,6 +179,10 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   if skeleton.pcp_limbs:
     pcp = metrics_lib.pcp(pred, gt, visible, skeleton)
     results["pcp"] = {k: _num(v) for k, v in pcp.items()}
+  # Where the misses go: left/right inversions, near misses (jitter), far misses.
+  types = metrics_lib.error_types(pred, gt, visible, res["normaliser"], skeleton, alpha)
+  results["error_types"] = {kind: {k: _num(v) for k, v in table.items()}
+                            for kind, table in types.items()}
   # Every stage decoded alike (CPM's beliefs, each hourglass, each cascade stage): does
   # each stage refine the one before? The last entry repeats `mean` and `pcp`.
   results["per_stage"] = [
