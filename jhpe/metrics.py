@@ -236,14 +236,15 @@ def pck_curve(pred, gt, visible, normaliser, alphas):
 ERROR_TYPES = ("good", "inversion", "jitter", "miss")
 
 
-def error_types(pred, gt, visible, normaliser, skeleton, alpha=0.2, jitter_alpha=0.5):
+def error_types(pred, gt, visible, normaliser, skeleton, alpha=0.2, jitter_alpha=None):
   """Where the joints go, after Ronchi and Perona's error diagnosis (ICCV 2017), in PCK radii.
 
   Each annotated joint gets one type, checked in this order:
   - 'good': within alpha x normaliser of its ground truth (a PCK@alpha hit);
   - 'inversion': not, but within alpha of its left/right counterpart's ground truth (the
     left wrist predicted on the right wrist); joints without a counterpart never are;
-  - 'jitter': within jitter_alpha of its own ground truth (the right place, imprecise);
+  - 'jitter': within jitter_alpha (default 2.5 alpha: 0.5 torso for PCK@0.2) of its own
+    ground truth (the right place, imprecise);
   - 'miss': the rest.
 
   Args:
@@ -259,7 +260,8 @@ def error_types(pred, gt, visible, normaliser, skeleton, alpha=0.2, jitter_alpha
   if isinstance(skeleton, str):
     skeleton = skeletons_lib.get_skeleton(skeleton)
   names = _names(skeleton, np.shape(gt)[1])
-  jitter_alpha = float(_check_alpha(jitter_alpha, "jitter_alpha"))
+  jitter_alpha = float(_check_alpha(2.5 * alpha if jitter_alpha is None else jitter_alpha,
+                                    "jitter_alpha"))
   if jitter_alpha < alpha:
     raise ValueError(f"jitter_alpha must be >= alpha ({alpha}), got {jitter_alpha}.")
   good, annotated = pck_hits(pred, gt, visible, normaliser, alpha)

@@ -24,7 +24,8 @@ def _run_dir(tmp_path, name, per_stage, intermediate=True):
   per_joint = {n: 0.5 for n in skeletons.LSP.joint_names}
   per_joint.update(left_wrist=0.2, right_wrist=0.4, mean=per_stage[-1])
   (run / "eval" / "lsp_test.json").write_text(json.dumps({
-      "metric": "PCK@0.2", "step": 10, "mean": per_stage[-1], "per_joint": per_joint, "pcp": {"mean": 0.25},
+      "metric": "PCK@0.2", "step": 10, "mean": per_stage[-1], "per_joint": per_joint,
+      "pcp": {"mean": 0.25},
       "per_stage": [{"stage": t + 1, "mean": m} for t, m in enumerate(per_stage)]}))
   return str(run)
 
