@@ -102,10 +102,13 @@ SIDES = ('jhpe', 'torch')
 
 
 def add_sides_flag(parser: argparse.ArgumentParser):
-  """--sides: both sides in one process (with their ratio), or one side alone."""
+  """--sides: both sides in one process (with their ratio), or one side alone; --rounds."""
   parser.add_argument('--sides', default=','.join(SIDES),
                       help='both sides in one process (the default, with the ratio) or one '
                            'of them alone in its own process')
+  parser.add_argument('--rounds', type=int, default=0,
+                      help='N > 0: each side alone in a process of its own, alternated N '
+                           'times; prints every round and the medians (for a noisy machine)')
 
 
 def check_sides(sides):
@@ -318,7 +321,6 @@ def run_variants(module, argv, variants, timeout=None):
     raise ValueError(f'--variants: unknown {unknown}; expected names from {list(VARIANTS)}')
   argv = _strip_flag(_strip_flag(list(argv), 'variants'), 'json_out')
   rows = []
-  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for name in variants:
     env = dict(os.environ)
     env['JHPE_CPU_DEFAULTS'] = VARIANTS[name]['JHPE_CPU_DEFAULTS']
@@ -327,24 +329,104 @@ def run_variants(module, argv, variants, timeout=None):
                     if f.split('=')[0] not in
                     {g.split('=')[0] for g in cpu_defaults.CPU_XLA_FLAGS})
     env['XLA_FLAGS'] = ' '.join(filter(None, [base, VARIANTS[name]['XLA_FLAGS']]))
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [repo_root, env.get('PYTHONPATH')]))
-    with tempfile.NamedTemporaryFile(suffix='.jsonl', delete=False) as f:
-      path = f.name
-    cmd = [sys.executable, '-m', module, *argv, f'--json_out={path}']
     print(f'# variant {name}: XLA_FLAGS="{env["XLA_FLAGS"]}" '
           f'JHPE_CPU_DEFAULTS={env["JHPE_CPU_DEFAULTS"]}', flush=True)
+    rows += [{'variant': name, **row}
+             for row in run_module(module, argv, env, timeout, f'variant {name!r}')]
+  return rows
+
+
+def run_module(module, argv, env=None, timeout=None, what='benchmark'):
+  """Rows of `python -m module *argv --json_out=<a temporary file>` in a fresh process.
+
+  `env` defaults to this process's environment (in which `import jhpe` has appended its
+  XLA flags: the child then finds them there and adds nothing).
+  """
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ if env is None else env)
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [repo_root, env.get('PYTHONPATH')]))
+  with tempfile.NamedTemporaryFile(suffix='.jsonl', delete=False) as f:
+    path = f.name
+  cmd = [sys.executable, '-m', module, *argv, f'--json_out={path}']
+  try:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=repo_root)
     if proc.returncode != 0:
       print(proc.stdout[-3000:], proc.stderr[-3000:], sep='\n', file=sys.stderr)
-      raise RuntimeError(f'variant {name!r} failed (exit {proc.returncode}): {cmd}')
+      raise RuntimeError(f'{what} failed (exit {proc.returncode}): {cmd}')
     with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        row.pop('_machine', None)
-        rows.append({'variant': name, **row})
+      rows = [json.loads(line) for line in f]
+  finally:
     os.unlink(path)
+  for row in rows:
+    row.pop('_machine', None)
   return rows
+
+
+def merge_rounds(rounds):
+  """Per-side rows of several rounds -> one row per round and key, plus summaries.
+
+  Args:
+    rounds: a list (one entry per round) of lists of rows, each row from one side alone
+      (its timings under '<side>_ms' and '<side>_min_ms'; every other field but
+      '<side>_*' and 'ratio' is the key that pairs the sides' rows, e.g. stacks and mode).
+
+  Returns:
+    rows with 'round' 1..N and 'ratio' = torch ms / jhpe ms of that round, then for each
+    key a 'median' row (each side's median over the rounds, and their ratio) and a 'best'
+    row (each side's fastest call over all rounds, and their ratio).
+  """
+  def key_of(row):
+    return tuple((k, v) for k, v in row.items()
+                 if k != 'ratio' and not k.startswith(tuple(f'{s}_' for s in SIDES)))
+
+  merged = []  # (key, row) pairs, in the order the rows came.
+  for number, rows in enumerate(rounds, 1):
+    by_key = {}
+    for row in rows:
+      by_key.setdefault(key_of(row), {'round': number}).update(row)
+    merged += by_key.items()
+  out = []
+  for key in dict.fromkeys(k for k, _ in merged):
+    same = [row for k, row in merged if k == key]
+    for row in same:
+      if 'jhpe_ms' in row and 'torch_ms' in row:
+        row['ratio'] = row['torch_ms'] / row['jhpe_ms']
+    out += same
+    for name, field, pick in (('median', 'ms', statistics.median), ('best', 'min_ms', min)):
+      summary = {'round': name, **dict(key)}
+      for side in SIDES:
+        values = [row[f'{side}_{field}'] for row in same if f'{side}_{field}' in row]
+        if values:
+          summary[f'{side}_ms'] = pick(values)
+      if 'jhpe_ms' in summary and 'torch_ms' in summary:
+        summary['ratio'] = summary['torch_ms'] / summary['jhpe_ms']
+      out.append(summary)
+  return out
+
+
+def run_rounds_if_asked(module, args, argv, title, columns):
+  """With --rounds=N: each side alone, alternated N times; prints the table; True.
+
+  Without it returns False (the caller measures in this process).
+  """
+  if not args.rounds:
+    return False
+  if args.rounds < 0 or args.variants:
+    raise ValueError(f'--rounds: expected N >= 1 and no --variants, got {args.rounds}')
+  sides = tuple(args.sides.split(','))
+  check_sides(sides)
+  argv = _strip_flag(_strip_flag(_strip_flag(list(argv), 'rounds'), 'sides'), 'json_out')
+  rounds = []
+  for number in range(1, args.rounds + 1):
+    rows = []
+    for side in sides:
+      print(f'# round {number}: {side} alone', flush=True)
+      rows += run_module(module, [*argv, f'--sides={side}'], what=f'{side} alone')
+    rounds.append(rows)
+  title = f'{title}; each side alone in its own process, {args.rounds} rounds'
+  report(merge_rounds(rounds), args, title, ['round', *columns])
+  return True
 
 
 def run_variants_or_pin_threads(module, args, argv, title, columns=None):

@@ -198,6 +198,8 @@ def main(argv=None):
   args = parse_args(argv)
   title = (f'stacked hourglass: jhpe vs PyTorch port, {args.size}x{args.size}, batch '
            f'{args.batch}, ratio = jhpe img/s / torch img/s')
+  if common.run_rounds_if_asked('benchmarks.hourglass_vs_torch', args, argv, title, COLUMNS):
+    return
   if common.run_variants_or_pin_threads('benchmarks.hourglass_vs_torch', args, argv,
                                         title, COLUMNS):
     return

@@ -11,7 +11,10 @@ residual's middle 128):
   the skip added);
 - its parts: `bn_relu` (BatchNorm with batch statistics, then ReLU), `conv1x1` (256 ->
   128), `conv3x3` (128 -> 128); and the hourglass's `max_pool` (2x2) and `upsample` (2x
-  nearest).
+  nearest);
+- `stem`: the first layer, a 7x7 stride-2 conv (3 -> 64) on the whole image (4x the
+  level's side: 256 px at the default 64), parameter gradients only, as in a train step
+  (nothing needs the image's gradient).
 
 If every layer is as fast as PyTorch's or faster and the whole step is not, the difference
 is in how the step is put together (scheduling, layout copies, memory), not in the layers.
@@ -28,13 +31,20 @@ import sys
 import jhpe  # pylint: disable=unused-import  # sets the CPU XLA flags before JAX starts
 from benchmarks import common
 
-LAYERS = ('residual', 'bn_relu', 'conv1x1', 'conv3x3', 'max_pool', 'upsample')
+LAYERS = ('residual', 'bn_relu', 'conv1x1', 'conv3x3', 'max_pool', 'upsample', 'stem')
+STEM_FEATURES = 64  # The stem conv's outputs (Newell et al.), whatever --features.
 COLUMNS = ['layer', 'input', 'params', 'jhpe_ms', 'torch_ms', 'ratio', 'jhpe_compile_s']
 
 
-def input_channels(layer, features):
-  """Channels of the layer's input: the 3x3 conv works on the residual's middle width."""
-  return features // 2 if layer == 'conv3x3' else features
+def input_shape(layer, batch, size, features):
+  """(B, H, W, C) of the layer's input at the level of side `size`.
+
+  The 3x3 conv works on the residual's middle width; the stem on the RGB image, 4x the
+  level's side (the stem and its max pool divide by 4).
+  """
+  if layer == 'stem':
+    return (batch, 4 * size, 4 * size, 3)
+  return (batch, size, size, features // 2 if layer == 'conv3x3' else features)
 
 
 def jhpe_layer(layer, x, features):
@@ -65,6 +75,8 @@ def jhpe_layer(layer, x, features):
         return layers.max_pool(x, 2, 2, padding='VALID')
       if layer == 'upsample':
         return layers.upsample_nearest(x, 2)
+      if layer == 'stem':  # As in `hourglass.StackedHourglass`.
+        return nn.Conv(STEM_FEATURES, (7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)
       raise ValueError(f'--layers: unknown {layer!r}; expected some of {LAYERS}')
 
   module = Layer()
@@ -85,7 +97,8 @@ def jhpe_layer(layer, x, features):
   def loss(params, x, cotangent):
     return jnp.vdot(forward(params, x), cotangent)
 
-  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  # The image's gradient is not needed in a train step (the stem's input): XLA prunes it.
+  grad = jax.jit(jax.value_and_grad(loss, argnums=0 if layer == 'stem' else (0, 1)))
   compiled, compile_s = common.compile_jitted(grad, params, x, cotangent)
   num_params = sum(p.size for p in jax.tree.leaves(params))
   return (lambda: compiled(params, x, cotangent)), compile_s, num_params
@@ -104,6 +117,7 @@ def torch_layer(layer, x, features):
       'conv3x3': lambda: nn.Conv2d(features // 2, features // 2, 3, padding=1),
       'max_pool': lambda: nn.MaxPool2d(2, 2),
       'upsample': lambda: nn.Upsample(scale_factor=2, mode='nearest'),
+      'stem': lambda: nn.Conv2d(3, STEM_FEATURES, 7, 2, 3),
   }
   module = modules[layer]().train()
   with torch.no_grad():
@@ -111,7 +125,7 @@ def torch_layer(layer, x, features):
 
   def fwd_bwd():
     module.zero_grad(set_to_none=True)
-    xr = x.detach().requires_grad_(True)
+    xr = x.detach().requires_grad_(layer != 'stem')  # The stem: parameter gradients only.
     module(xr).backward(cotangent)
     return xr.grad
 
@@ -137,10 +151,9 @@ def compare(layer_names=LAYERS, batch=8, size=64, features=256, repeats=5, warmu
     import torch  # pylint: disable=g-import-not-at-top,redefined-outer-name
   rows = []
   for layer in layer_names:
-    channels = input_channels(layer, features)
-    x = np.random.default_rng(0).standard_normal(
-        (batch, size, size, channels)).astype(np.float32)
-    fns, params, row = {}, {}, {'layer': layer, 'input': f'{batch}x{size}x{size}x{channels}'}
+    shape = input_shape(layer, batch, size, features)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    fns, params, row = {}, {}, {'layer': layer, 'input': 'x'.join(map(str, shape))}
     if 'jhpe' in sides:
       fns['jhpe'], row['jhpe_compile_s'], params['jhpe'] = jhpe_layer(
           layer, jax.numpy.asarray(x), features)
@@ -154,6 +167,7 @@ def compare(layer_names=LAYERS, batch=8, size=64, features=256, repeats=5, warmu
     timings = common.time_interleaved(fns, repeats, warmup, syncs={'torch': lambda _: None})
     for side, timing in timings.items():
       row[f'{side}_ms'] = timing.median * 1e3
+      row[f'{side}_min_ms'] = timing.min * 1e3
     if len(timings) == 2:
       row['ratio'] = timings['torch'].median / timings['jhpe'].median
     rows.append(row)
@@ -177,6 +191,8 @@ def main(argv=None):
   args = parse_args(argv)
   title = ('hourglass layers, fwd+bwd in train mode: jhpe vs the PyTorch port, '
            'ratio = torch ms / jhpe ms')
+  if common.run_rounds_if_asked('benchmarks.layers', args, argv, title, COLUMNS):
+    return
   if common.run_variants_or_pin_threads('benchmarks.layers', args, argv, title, COLUMNS):
     return
   rows = compare(tuple(args.layers.split(',')), args.batch, args.size, args.features,

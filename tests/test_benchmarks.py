@@ -4,6 +4,7 @@ No speed is asserted: timings only have to be positive numbers. The torch parts 
 skipped when torch (the `bench` extra) is not installed.
 """
 
+import json
 import os
 import pathlib
 import sys
@@ -191,6 +192,8 @@ def test_layers_tiny_rows_pair_each_layer_with_the_ports():
   # Same parameter counts on both sides (compare raises otherwise); these are the counts.
   assert by_layer['residual']['params'] == 256  # BN 16, 1x1 36, BN 8, 3x3 148, BN 8, 1x1 40.
   assert by_layer['max_pool']['params'] == by_layer['upsample']['params'] == 0
+  # The stem: 7x7x3x64 + 64 whatever the features, on the image 4x the level's side.
+  assert by_layer['stem']['params'] == 9472 and by_layer['stem']['input'] == '1x32x32x3'
   for r in rows:
     assert r['ratio'] == pytest.approx(r['torch_ms'] / r['jhpe_ms'])
     assert _positive_finite(r['jhpe_ms']) and _positive_finite(r['torch_ms'])
@@ -207,6 +210,42 @@ def test_layers_jhpe_alone_has_no_ratio_and_unknown_names_are_refused():
     layers.compare(('residual', 'attention'), batch=1, size=8, features=8)
   with pytest.raises(ValueError, match="--sides"):
     layers.compare(('residual',), sides=('tensorflow',))
+
+
+def test_merge_rounds_pairs_each_sides_rows_and_summarises():
+  def side(name, mode, ms, min_ms):
+    return {'stacks': 2, 'mode': mode, f'{name}_ms': ms, f'{name}_min_ms': min_ms}
+
+  rounds = [[side('jhpe', 'train', 10., 9.), side('jhpe', 'infer', 2., 2.),
+             side('torch', 'train', 12., 11.), side('torch', 'infer', 3., 3.)],
+            [side('jhpe', 'train', 14., 8.), side('jhpe', 'infer', 4., 1.),
+             side('torch', 'train', 7., 6.), side('torch', 'infer', 3., 2.)],
+            [side('jhpe', 'train', 12., 12.), side('jhpe', 'infer', 3., 3.),
+             side('torch', 'train', 13., 13.), side('torch', 'infer', 6., 6.)]]
+  rows = common.merge_rounds(rounds)
+  train = [r for r in rows if r['mode'] == 'train']
+  assert [r['round'] for r in train] == [1, 2, 3, 'median', 'best']
+  assert [r['ratio'] for r in train[:3]] == pytest.approx([1.2, 0.5, 13 / 12])
+  # The medians of each side (12 and 12), not the median of the rounds' ratios.
+  assert (train[3]['jhpe_ms'], train[3]['torch_ms'], train[3]['ratio']) == (12., 12., 1.)
+  assert (train[4]['jhpe_ms'], train[4]['torch_ms']) == (8., 6.)
+  assert train[4]['ratio'] == pytest.approx(0.75)
+  infer = [r for r in rows if r['mode'] == 'infer']
+  assert infer[3]['ratio'] == pytest.approx(3. / 3.) and infer[4]['ratio'] == 2.
+
+
+def test_layers_rounds_time_each_side_alone_in_its_own_process(tmp_path):
+  _torch_port()
+  from benchmarks import layers  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'rows.jsonl'
+  layers.main(['--rounds=1', '--layers=max_pool', '--batch=1', '--size=8', '--features=8',
+               '--repeats=1', '--warmup=0', f'--json_out={out}'])
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r['round'] for r in rows] == [1, 'median', 'best']
+  assert rows[0]['layer'] == 'max_pool' and _positive_finite(rows[0]['jhpe_ms'])
+  assert rows[0]['ratio'] == pytest.approx(rows[0]['torch_ms'] / rows[0]['jhpe_ms'])
+  with pytest.raises(ValueError, match="--rounds"):
+    layers.main(['--rounds=2', '--variants=jhpe'])
 
 
 def test_jax_backend_is_available():
