@@ -160,9 +160,9 @@ def curve_table(runs: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-  if not argv:
-    print(__doc__, file=sys.stderr)
-    return 2
+  if not argv or argv[0] in ("-h", "--help"):
+    print(__doc__, file=sys.stdout if argv else sys.stderr)
+    return 0 if argv else 2
   try:
     runs = [load_run(d) for d in argv]
   except (FileNotFoundError, ValueError) as e:

@@ -103,3 +103,10 @@ def test_training_seconds_adds_the_segments_of_a_resumed_run():
              {"step": 150, "steps_per_s": 1.0, "elapsed_s": 45.0},
              {"step": 200, "steps_per_s": 1.0, "elapsed_s": 90.0}]
   assert results_table.training_seconds(records) == pytest.approx(190.0)
+
+
+def test_help_prints_the_usage_and_no_arguments_is_an_error(capsys):
+  assert results_table.main(["--help"]) == 0
+  assert "results_table" in capsys.readouterr().out
+  assert results_table.main([]) == 2
+  assert "results_table" in capsys.readouterr().err
