@@ -68,6 +68,9 @@ def _define_common_flags() -> None:
                     "Loss on every stage (True, as the papers) or on the last stage only.")
   flags.DEFINE_enum("decode", d.decode, config_lib.DECODE_METHODS, "Heatmap decoding.")
   flags.DEFINE_bool("flip_test", d.flip_test, "Average with the mirrored image.")
+  flags.DEFINE_list("test_scales", [f"{x:g}" for x in d.test_scales],
+                    "Multi-scale testing: heatmaps averaged over the canvas resized by "
+                    "each factor, e.g. 0.8,1,1.2 (1 = off; heatmap models only).")
   # Optimisation.
   flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimiser.")
   flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate.")
@@ -100,6 +103,15 @@ def _define_common_flags() -> None:
 _COMMON_DEFINED = False
 
 
+def parse_test_scales(values: Sequence[str]) -> tuple:
+  """--test_scales's strings -> a tuple of floats (ValueError naming the flag)."""
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--test_scales={','.join(values)}: expected comma-separated "
+                     "numbers, e.g. 0.8,1,1.2.") from None
+
+
 def define_flags(model: str, model_flags: Callable[[], None], defaults: dict) -> None:
   """Defines the common flags, the model's (`model_flags()`), and overrides defaults."""
   global _COMMON_DEFINED
@@ -124,6 +136,7 @@ def config_from_flags(model: str, model_kwarg_flags: Sequence[str]) -> config_li
   except ValueError:
     raise ValueError(f"--decay_steps={','.join(FLAGS.decay_steps)}: expected "
                      "comma-separated integers.") from None
+  values["test_scales"] = parse_test_scales(FLAGS.test_scales)
   kwargs = {}
   for name in model_kwarg_flags:
     value = FLAGS[name].value

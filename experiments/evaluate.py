@@ -3,6 +3,7 @@ r"""Evaluates a training workdir's checkpoint on any dataset split.
   python -m experiments.evaluate --workdir=/tmp/quickstart
   python -m experiments.evaluate --workdir=DIR --which=best --dataset=lsp --split=test
   python -m experiments.evaluate --workdir=DIR --decode=taylor --noflip_test  # a variant
+  python -m experiments.evaluate --workdir=DIR --test_scales=0.8,1,1.2  # multi-scale test
   python -m experiments.evaluate --workdir=DIR --which=4000 --dataset=synthetic/tiny \
       --data_dir=/tmp/tfds
 
@@ -10,8 +11,9 @@ Writes `<workdir>/eval/<dataset>_<split>.json` (metrics: mean and per joint, the
 checkpoint used) and `<workdir>/eval/<dataset>_<split>_predictions.json`, draws the eval
 figures, and prints the evaluation table. The model, input size, decoding and flip test
 are the workdir's (config.json); --dataset and --split default to its evaluation split.
---decode and --flip_test evaluate a variant: its files get a suffix naming what changed
-(`lsp_test_taylor_noflip.json`), so the run's own evaluation is never overwritten.
+--decode, --flip_test and --test_scales evaluate a variant: its files get a suffix naming
+what changed (`lsp_test_taylor_noflip.json`, `lsp_test_scales0.8-1-1.2.json`), so the
+run's own evaluation is never overwritten.
 
 Bad input (no checkpoint, an unknown dataset or split, a dataset whose skeleton is not
 the model's) is one line on stderr naming it, exit status 2, before anything is written:
@@ -47,6 +49,8 @@ flags.DEFINE_enum("decode", None, config_lib.DECODE_METHODS, "Heatmap decoding "
                   "eval/<dataset>_<split>_<decode>.json.")
 flags.DEFINE_bool("flip_test", None, "Average with the mirrored image (default: the "
                   "workdir's); another than the run's adds _flip / _noflip to the files.")
+flags.DEFINE_list("test_scales", None, "Multi-scale testing, e.g. 0.8,1,1.2 (default: "
+                  "the workdir's); another than the run's adds _scales<...> to the files.")
 flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
 # Multi-host (jax.distributed), as the training entry points (`launch.sh multihost`).
 common.define_distributed_flags()
@@ -67,6 +71,8 @@ def _overrides() -> dict:
   for name in ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test"):
     if FLAGS[name].value is not None:
       overrides[name] = FLAGS[name].value
+  if FLAGS.test_scales is not None:
+    overrides["test_scales"] = common.parse_test_scales(FLAGS.test_scales)
   if FLAGS.num_examples < 0:
     raise ValueError(f"--num_examples={FLAGS.num_examples}: expected >= 0.")
   return overrides

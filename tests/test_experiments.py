@@ -141,15 +141,18 @@ def test_evaluate_variant_goes_to_its_own_files(eval_workdir):
   with open(own, "rb") as f:
     before = f.read()
   proc = _run("experiments.evaluate", f"--workdir={eval_workdir}", "--split=test",
-              "--num_examples=8", "--nofigures", "--decode=taylor", "--flip_test")
+              "--num_examples=8", "--nofigures", "--decode=taylor", "--flip_test",
+              "--test_scales=0.75,1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(own, "rb") as f:
     assert f.read() == before
-  variant = os.path.join(eval_workdir, "eval", "synthetic_tiny_test_taylor_flip.json")
+  variant = os.path.join(eval_workdir, "eval",
+                         "synthetic_tiny_test_taylor_flip_scales0.75-1.json")
   with open(variant) as f:
     results = json.load(f)
   assert results["decode"] == "taylor" and results["flip_test"] is True
-  assert results["variant"] == "_taylor_flip"
+  assert results["test_scales"] == [0.75, 1.0]
+  assert results["variant"] == "_taylor_flip_scales0.75-1"
   assert os.path.exists(variant.replace(".json", "_predictions.json"))
 
 

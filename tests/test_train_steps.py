@@ -39,6 +39,9 @@ def _batch(rng, b=4, s=32, j=14):
     (dict(batch_size=0), "--batch_size"),
     (dict(schedule="step"), "--decay_steps"),
     (dict(ema_decay=1.0), "--ema_decay"),
+    (dict(test_scales=(1.0, 0.0)), "--test_scales"),
+    (dict(model="deeppose", model_kwargs={}, input_size=96, test_scales=(0.8, 1.0)),
+     "--test_scales"),
 ])
 def test_bad_config_is_one_line_naming_the_flag(change, flag):
   with pytest.raises(ValueError) as e:
@@ -244,3 +247,27 @@ def test_eval_step_decodes_every_stage():
   # One heatmap cell is 4 canvas pixels: stage 1 is 4 px right of stage 2, same row.
   np.testing.assert_allclose(stage_joints[0, 0] - stage_joints[0, 1],
                              np.tile([4.0, 0.0], (14, 1)), atol=1e-4)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PaddedMirrorModel(_MirrorModel):
+  input_multiple: int = 32  # As a depth-3 hourglass: resized canvases get padded.
+
+
+@pytest.mark.parametrize("scales", [(0.75,), (1.25,), (0.75, 1.0, 1.25)])
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_multiscale_test_keeps_the_joints_in_place(scales, flip_test):
+  # A smooth blob: each resized canvas's heatmaps, resampled onto the canvas's own grid,
+  # must peak where the blob is. Half a heatmap pixel of misalignment between the grids
+  # would move the joints by 0.5-0.7 canvas px at these scales.
+  s, centre = 96, np.array([37.3, 58.6])
+  ys, xs = np.mgrid[0:s, 0:s]
+  blob = np.exp(-((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2) / (2 * 4.0 ** 2))
+  images = jnp.asarray(np.repeat(blob[None, :, :, None], 3, -1), jnp.float32)
+  config = TINY.replace(input_size=s, flip_test=flip_test, decode="taylor",
+                        test_scales=scales)
+  joints, _, maps = steps_lib.predict_canvas(
+      {}, images, model=_PaddedMirrorModel(), config=config,
+      flip_permutation=skeletons.LSP.flip_permutation)
+  assert maps.shape == (1, s // 4, s // 4, 14)
+  np.testing.assert_allclose(np.asarray(joints)[0], np.tile(centre, (14, 1)), atol=0.15)

@@ -69,6 +69,9 @@ class Config:
   intermediate_supervision: bool = True
   decode: str = "quarter"
   flip_test: bool = True
+  # Multi-scale testing (the CPM benchmark's scale search): each stage's heatmaps averaged
+  # over the canvas resized by every factor; (1.0,) = the canvas as is. Heatmap models only.
+  test_scales: tuple = (1.0,)
   # Optimisation.
   optimizer: str = "rmsprop"
   learning_rate: float = 2.5e-4
@@ -116,6 +119,8 @@ class Config:
       raise ValueError(f"{source}: unknown config keys {unknown}; known: {sorted(names)}.")
     if "decay_steps" in data:
       data["decay_steps"] = tuple(int(s) for s in data["decay_steps"])
+    if "test_scales" in data:
+      data["test_scales"] = tuple(float(s) for s in data["test_scales"])
     return cls(**data)
 
   def replace(self, **kwargs) -> "Config":
@@ -186,8 +191,15 @@ class Config:
     if num_processes > 1 and self.batch_size % num_processes:
       raise ValueError(f"--batch_size={self.batch_size} is not divisible by the "
                        f"{num_processes} processes.")
+    if not self.test_scales or not all(s > 0 for s in self.test_scales):
+      raise ValueError(f"--test_scales={','.join(map(str, self.test_scales))}: expected "
+                       "factors > 0 (1.0 = the canvas as is).")
     # The model's own checks (unknown size, zero stacks, stride vs input size).
-    build_model(self)
+    model = build_model(self)
+    if tuple(self.test_scales) != (1.0,) and model.output_kind != "heatmap":
+      raise ValueError(f"--test_scales={','.join(map(str, self.test_scales))}: multi-scale "
+                       f"testing averages heatmaps; --model={self.model} regresses "
+                       "coordinates (use --test_scales=1.0).")
     return self
 
 

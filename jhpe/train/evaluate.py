@@ -175,6 +175,7 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
       "per_joint": {k: _num(v) for k, v in table.items()},
       "num_examples": int(len(res["index"])),
       "flip_test": config.flip_test, "decode": config.decode,
+      "test_scales": list(config.test_scales),
   }
   if skeleton.pcp_limbs:
     pcp = metrics_lib.pcp(pred, gt, visible, skeleton)
@@ -367,6 +368,8 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
     variant += f"_{config.decode}"
   if config.flip_test != trained_with.flip_test:
     variant += "_flip" if config.flip_test else "_noflip"
+  if tuple(config.test_scales) != tuple(trained_with.test_scales):
+    variant += "_scales" + "-".join(f"{s:g}" for s in config.test_scales)
   if variant:
     results["variant"] = variant
   if jax.process_index() == 0:

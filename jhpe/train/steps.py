@@ -239,7 +239,8 @@ def images_to_float(images: jax.Array) -> jax.Array:
 
 def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
                    flip_permutation: np.ndarray, all_stages: bool = False):
-  """Joints in canvas pixels from float images (B, S, S, 3), with the flip test.
+  """Joints in canvas pixels from float images (B, S, S, 3), with the flip test and the
+  multi-scale test of `config` (`flip_test`, `test_scales`, `decode`).
 
   Args:
     all_stages: decode every stage's output, not only the last (stage-wise PCK).
@@ -251,9 +252,10 @@ def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
   """
   size = images.shape[2]
   num_joints = len(flip_permutation)
-  outputs = model.apply(variables, images, train=False)
-  flipped = (model.apply(variables, images[:, :, ::-1], train=False)
-             if config.flip_test else [None] * len(outputs))
+  apply = functools.partial(multiscale_outputs, variables, model=model,
+                            scales=config.test_scales)
+  outputs = apply(images)
+  flipped = apply(images[:, :, ::-1]) if config.flip_test else [None] * len(outputs)
   stages = range(len(outputs)) if all_stages else [len(outputs) - 1]
   decoded = [_decode_stage(outputs[t], flipped[t], size=size, num_joints=num_joints,
                            model=model, config=config, flip_permutation=flip_permutation)
@@ -262,6 +264,54 @@ def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
     return decoded[-1]
   joints, confidence = (jnp.stack([d[i] for d in decoded], axis=1) for i in (0, 1))
   return joints, confidence, decoded[-1][2]
+
+
+def multiscale_outputs(variables: dict, images: jax.Array, *, model,
+                       scales=(1.0,)) -> list:
+  """The model's outputs (eval mode), each stage averaged over the canvas resized by
+  every factor of `scales` (the CPM benchmark's scale search).
+
+  Args:
+    variables: {'params', 'batch_stats'}.
+    images: (B, S, S, 3) float canvases.
+    scales: resize factors; (1.0,) is `model.apply` (any model), others need a heatmap
+      model (a fully convolutional one).
+
+  Returns:
+    list over stages of (B, S / stride, S / stride, K) heatmaps on the grid of the canvas
+    as given (or the regression outputs).
+  """
+  per_scale = [_outputs_at_scale(variables, images, float(s), model=model) for s in scales]
+  if len(per_scale) == 1:
+    return per_scale[0]
+  return [sum(stage) / len(per_scale) for stage in zip(*per_scale)]
+
+
+def _outputs_at_scale(variables, images, scale, *, model):
+  """Heatmaps of the canvas resized by `scale`, resampled onto the unresized grid.
+
+  The resized canvas (round(S x scale) px) is padded with zeros on the bottom and right to
+  the model's input multiple. In continuous pixel coordinates heatmap point u is image
+  point u x stride, so the resized canvas's heatmaps map onto the original grid by the
+  exact ratio r = round(S x scale) / S alone, with no shift.
+  """
+  if scale == 1.0:
+    return model.apply(variables, images, train=False)
+  batch, size = images.shape[0], images.shape[2]
+  resized = max(int(round(size * scale)), 1)
+  multiple = model.input_multiple
+  padded = -(-resized // multiple) * multiple
+  ratio = resized / size
+  # scale_and_translate maps input point x to x * ratio; output pixels beyond the resized
+  # canvas get no input weight and stay zero (the padding).
+  canvas = jax.image.scale_and_translate(
+      images, (batch, padded, padded, images.shape[3]), (1, 2),
+      jnp.array([ratio, ratio]), jnp.zeros(2), method="linear", antialias=True)
+  grid = size // model.output_stride
+  return [jax.image.scale_and_translate(
+      out.astype(jnp.float32), (batch, grid, grid, out.shape[3]), (1, 2),
+      jnp.array([1 / ratio, 1 / ratio]), jnp.zeros(2), method="linear", antialias=False)
+          for out in model.apply(variables, canvas, train=False)]
 
 
 def _decode_stage(output, flipped, *, size, num_joints, model, config, flip_permutation):
