@@ -191,15 +191,14 @@ class Config:
     if num_processes > 1 and self.batch_size % num_processes:
       raise ValueError(f"--batch_size={self.batch_size} is not divisible by the "
                        f"{num_processes} processes.")
+    scales_flag = f"--test_scales={','.join(map(str, self.test_scales))}"
     if not self.test_scales or not all(s > 0 for s in self.test_scales):
-      raise ValueError(f"--test_scales={','.join(map(str, self.test_scales))}: expected "
-                       "factors > 0 (1.0 = the canvas as is).")
+      raise ValueError(f"{scales_flag}: expected factors > 0 (1.0 = the canvas as is).")
     # The model's own checks (unknown size, zero stacks, stride vs input size).
     model = build_model(self)
     if tuple(self.test_scales) != (1.0,) and model.output_kind != "heatmap":
-      raise ValueError(f"--test_scales={','.join(map(str, self.test_scales))}: multi-scale "
-                       f"testing averages heatmaps; --model={self.model} regresses "
-                       "coordinates (use --test_scales=1.0).")
+      raise ValueError(f"{scales_flag}: multi-scale testing averages heatmaps; "
+                       f"--model={self.model} regresses coordinates (use --test_scales=1.0).")
     return self
 
 

@@ -252,7 +252,7 @@ def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
   """
   size = images.shape[2]
   num_joints = len(flip_permutation)
-  apply = functools.partial(multiscale_outputs, variables, model=model,
+  apply = functools.partial(_multiscale_outputs, variables, model=model,
                             scales=config.test_scales)
   outputs = apply(images)
   flipped = apply(images[:, :, ::-1]) if config.flip_test else [None] * len(outputs)
@@ -266,8 +266,8 @@ def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
   return joints, confidence, decoded[-1][2]
 
 
-def multiscale_outputs(variables: dict, images: jax.Array, *, model,
-                       scales=(1.0,)) -> list:
+def _multiscale_outputs(variables: dict, images: jax.Array, *, model,
+                        scales=(1.0,)) -> list:
   """The model's outputs (eval mode), each stage averaged over the canvas resized by
   every factor of `scales` (the CPM benchmark's scale search).
 
@@ -297,21 +297,21 @@ def _outputs_at_scale(variables, images, scale, *, model):
   """
   if scale == 1.0:
     return model.apply(variables, images, train=False)
-  batch, size = images.shape[0], images.shape[2]
+  size = images.shape[2]
   resized = max(int(round(size * scale)), 1)
-  multiple = model.input_multiple
-  padded = -(-resized // multiple) * multiple
+  padded = -(-resized // model.input_multiple) * model.input_multiple
   ratio = resized / size
-  # scale_and_translate maps input point x to x * ratio; output pixels beyond the resized
-  # canvas get no input weight and stay zero (the padding).
-  canvas = jax.image.scale_and_translate(
-      images, (batch, padded, padded, images.shape[3]), (1, 2),
-      jnp.array([ratio, ratio]), jnp.zeros(2), method="linear", antialias=True)
+
+  def resample(x, side, factor, antialias):
+    # Input point x goes to x * factor; output pixels with no input under them stay zero
+    # (the padding).
+    return jax.image.scale_and_translate(
+        x.astype(jnp.float32), (x.shape[0], side, side, x.shape[3]), (1, 2),
+        jnp.array([factor, factor]), jnp.zeros(2), method="linear", antialias=antialias)
+
+  outputs = model.apply(variables, resample(images, padded, ratio, True), train=False)
   grid = size // model.output_stride
-  return [jax.image.scale_and_translate(
-      out.astype(jnp.float32), (batch, grid, grid, out.shape[3]), (1, 2),
-      jnp.array([1 / ratio, 1 / ratio]), jnp.zeros(2), method="linear", antialias=False)
-          for out in model.apply(variables, canvas, train=False)]
+  return [resample(out, grid, 1 / ratio, False) for out in outputs]
 
 
 def _decode_stage(output, flipped, *, size, num_joints, model, config, flip_permutation):
