@@ -9,7 +9,9 @@ Rules every benchmark follows (so that figures are comparable):
   on a shared machine the median says what a user sees, the minimum what the code can do);
 - threads: XLA's CPU thread pool is sized from the process's CPU affinity, so `--threads N`
   pins the process to N cores *before JAX starts* and sets `torch.set_num_threads(N)`; by
-  default both sides use every core the process may run on.
+  default both sides use every core the process may run on;
+- jhpe's CPU defaults (`jhpe.cpu_defaults.apply()`: XLA flags, malloc settings) are applied
+  in each script's `__main__`, before JAX starts, as jhpe's entry points do.
 
 XLA flags are read once, when JAX initialises its backend, so comparing flag sets needs
 separate processes: `run_variants` re-runs a benchmark module once per variant in a
@@ -28,15 +30,13 @@ import sys
 import tempfile
 import time
 
-# jhpe sets its CPU XLA defaults at import (unless JHPE_CPU_DEFAULTS=0): before any JAX use.
-import jhpe  # pylint: disable=unused-import
 from jhpe import cpu_defaults
 
 # Named CPU settings a benchmark can be re-run under (`--variants=jhpe,xla`). Each is the
 # environment of a subprocess: `JHPE_CPU_DEFAULTS` and flags appended to ``XLA_FLAGS``.
 # The XLA flag variants keep jhpe's malloc settings ('malloc'), so only the flags differ.
 VARIANTS = {
-    # jhpe's CPU defaults (jhpe/cpu_defaults.py): what `import jhpe` gives.
+    # jhpe's CPU defaults (jhpe/cpu_defaults.py): what its entry points apply.
     'jhpe': {'JHPE_CPU_DEFAULTS': '1', 'XLA_FLAGS': ''},
     # XLA's and glibc's own defaults (YNNPACK convolutions, a fresh mmap of the temporary
     # buffer every step): what a plain JAX user gets.
@@ -339,8 +339,8 @@ def run_variants(module, argv, variants, timeout=None):
 def run_module(module, argv, env=None, timeout=None, what='benchmark'):
   """Rows of `python -m module *argv --json_out=<a temporary file>` in a fresh process.
 
-  `env` defaults to this process's environment (in which `import jhpe` has appended its
-  XLA flags: the child then finds them there and adds nothing).
+  `env` defaults to this process's environment (to which a benchmark's `__main__` has
+  appended jhpe's XLA flags: the child then finds them there and adds nothing).
   """
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ if env is None else env)

@@ -28,8 +28,8 @@ is in how the step is put together (scheduling, layout copies, memory), not in t
 import argparse
 import sys
 
-import jhpe  # pylint: disable=unused-import  # sets the CPU XLA flags before JAX starts
 from benchmarks import common
+from jhpe import cpu_defaults
 
 LAYERS = ('residual', 'bn_relu', 'conv1x1', 'conv3x3', 'max_pool', 'upsample', 'stem')
 STEM_FEATURES = 64  # The stem conv's outputs (Newell et al.), whatever --features.
@@ -201,4 +201,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  cpu_defaults.apply()  # Before JAX starts: the figures are under jhpe's CPU defaults.
   main()

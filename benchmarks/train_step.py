@@ -20,9 +20,9 @@ fixed synthetic batch already on the device, so the input pipeline is not in the
 import argparse
 import sys
 
-import jhpe  # pylint: disable=unused-import  # sets the CPU XLA flags before JAX starts
 from benchmarks import common
 from benchmarks import peak
+from jhpe import cpu_defaults
 
 # family/scale -> (model name, model kwargs, input size, optimizer, dataset). The dataset
 # gives the joint count and the flip permutation (the data itself is synthetic here).
@@ -179,4 +179,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  cpu_defaults.apply()  # Before JAX starts: the figures are under jhpe's CPU defaults.
   main()

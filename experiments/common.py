@@ -2,7 +2,10 @@
 
 `experiments/hourglass.py`, `cpm.py` and `deeppose.py` only declare their model flags and
 defaults and call `run(...)`; everything else (data, optimisation, schedule, evaluation,
-workdir, seed, precision, multi-host) is defined here once.
+workdir, seed, precision, multi-host) is defined here once: one flag per `Config` field,
+generated from the field (name, type, default, help text and choices in
+`jhpe/train/config.py`), so a new hyper-parameter is one line there. `run` applies jhpe's
+CPU defaults (`jhpe.cpu_defaults`) before anything starts JAX.
 
   python -m experiments.hourglass --flagfile=experiments/configs/quickstart.flags \
       --workdir=/tmp/quickstart
@@ -12,131 +15,124 @@ Flag errors (an unknown flag, a typo in a flagfile, a wrong type, a value that i
 allowed) are reported as one line on stderr, with exit status 2, before any long work.
 """
 
-import dataclasses
 import json
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 from absl import app
 from absl import flags
 from absl import logging
 
+from jhpe import cpu_defaults
 from jhpe.train import config as config_lib
 
 FLAGS = flags.FLAGS
-_DEFAULTS = config_lib.Config()
+
+# The absl definer of a `Config` field's flag, by the field's type (enum when the field
+# has choices, a list for tuples: `_define_field_flag`).
+_DEFINERS = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+             float: flags.DEFINE_float, str: flags.DEFINE_string}
+_ITEM_NAMES = {int: "integers", float: "numbers"}
 
 
 def _define_common_flags() -> None:
-  """Flags of every `Config` field except the model's own (`model_kwargs`)."""
-  d = _DEFAULTS
+  """The run's own flags, then one flag per `Config` field but the model's own."""
   flags.DEFINE_string("workdir", None, "Where the run writes everything (required).")
   flags.DEFINE_bool("summary", False, "Print one JSON line {model, params, "
                     "flops_per_image, input_size} and exit.")
   flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's latest checkpoint only.")
   define_distributed_flags()
-  # Data.
-  flags.DEFINE_string("dataset", d.dataset, "Evaluation dataset, e.g. lsp, mpii, "
-                      "synthetic, synthetic/tiny.")
-  flags.DEFINE_string("train_dataset", d.train_dataset, "Training dataset(s) joined by "
-                      "'+', e.g. lsp+lspet ('' = --dataset).")
-  flags.DEFINE_string("train_split", d.train_split, "Training split.")
-  flags.DEFINE_string("eval_split", d.eval_split, "Evaluation split.")
-  flags.DEFINE_string("data_dir", d.data_dir, "TFDS data dir ('' = $TFDS_DATA_DIR or "
-                      "~/tensorflow_datasets).")
-  flags.DEFINE_string("manual_dir", d.manual_dir, "Folder of the official archives.")
-  flags.DEFINE_integer("input_size", d.input_size, "Canvas side S in pixels.")
-  flags.DEFINE_integer("batch_size", d.batch_size, "Global batch size (all devices).")
-  flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "0 = --batch_size.")
-  flags.DEFINE_integer("num_eval_examples", d.num_eval_examples, "0 = the whole split.")
-  flags.DEFINE_integer("num_workers", d.num_workers, "grain worker processes.")
-  flags.DEFINE_bool("skip_bad_examples", d.skip_bad_examples,
-                    "Skip and count corrupt or badly annotated examples.")
-  # Augmentation.
-  flags.DEFINE_float("aug_rotation", d.aug_rotation, "Rotation range, +- degrees.")
-  flags.DEFINE_float("aug_scale", d.aug_scale, "Scale range, 1 +- this.")
-  flags.DEFINE_float("aug_translate", d.aug_translate, "Shift range, fraction of S.")
-  flags.DEFINE_bool("aug_flip", d.aug_flip, "Random horizontal flips.")
-  flags.DEFINE_float("aug_color", d.aug_color, "Colour jitter, 1 +- this per channel.")
-  # Targets and evaluation.
-  flags.DEFINE_float("sigma", d.sigma, "Target Gaussian std, heatmap pixels.")
-  flags.DEFINE_enum("regression_loss", d.regression_loss, config_lib.REGRESSION_LOSSES,
-                    "DeepPose loss.")
-  flags.DEFINE_bool("intermediate_supervision", d.intermediate_supervision,
-                    "Loss on every stage (True, as the papers) or on the last stage only.")
-  flags.DEFINE_enum("decode", d.decode, config_lib.DECODE_METHODS, "Heatmap decoding.")
-  flags.DEFINE_bool("flip_test", d.flip_test, "Average with the mirrored image.")
-  flags.DEFINE_list("test_scales", [f"{x:g}" for x in d.test_scales],
-                    "Multi-scale testing: heatmaps averaged over the canvas resized by "
-                    "each factor, e.g. 0.8,1,1.2 (1 = off; heatmap models only).")
-  # Optimisation.
-  flags.DEFINE_enum("optimizer", d.optimizer, config_lib.OPTIMIZERS, "Optimiser.")
-  flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate.")
-  flags.DEFINE_float("momentum", d.momentum, "SGD momentum.")
-  flags.DEFINE_enum("schedule", d.schedule, config_lib.SCHEDULES, "Decay schedule.")
-  flags.DEFINE_integer("warmup_steps", d.warmup_steps, "Linear warm-up steps.")
-  flags.DEFINE_list("decay_steps", [], "Steps where --schedule=step multiplies the rate "
-                    "by --decay_factor.")
-  flags.DEFINE_float("decay_factor", d.decay_factor, "Step decay factor.")
-  flags.DEFINE_float("grad_clip", d.grad_clip, "Global-norm clipping (0 = off).")
-  flags.DEFINE_float("weight_decay", d.weight_decay, "Weight decay (0 = off).")
-  flags.DEFINE_float("ema_decay", d.ema_decay, "EMA of the params (0 = off).")
-  flags.DEFINE_integer("num_train_steps", d.num_train_steps, "Training steps.")
-  # Bookkeeping.
-  flags.DEFINE_integer("log_every", d.log_every, "Steps between metric records.")
-  flags.DEFINE_integer("eval_every", d.eval_every, "Steps between evaluations (0 = end).")
-  flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Steps between saves.")
-  flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "Latest checkpoints kept "
-                       "(plus the best by validation PCK).")
-  flags.DEFINE_bool("async_checkpoints", d.async_checkpoints, "Save in the background.")
-  flags.DEFINE_integer("seed", d.seed, "Seed of the init, shuffling and augmentation.")
-  flags.DEFINE_enum("dtype", d.dtype, config_lib.DTYPES, "Compute dtype.")
-  flags.DEFINE_enum("nan_policy", d.nan_policy, config_lib.NAN_POLICIES,
-                    "On NaN/Inf: stop, or skip the update.")
-  flags.DEFINE_enum("parallel", d.parallel, config_lib.PARALLEL, "pmap or shard_map.")
-  flags.DEFINE_bool("sync_batch_norm", d.sync_batch_norm,
-                    "BatchNorm statistics over the global batch.")
+  for field in config_lib.flag_fields():
+    _define_field_flag(field, field.default, field.metadata["help"])
+
+
+def define_override_flags(names: Sequence[str],
+                          notes: Optional[dict[str, str]] = None) -> None:
+  """Flags for the named `Config` fields that default to None (= the workdir's value).
+
+  Their help and choices are the fields'; `notes` adds a clause to a flag's help.
+  `override_values(names)` reads back the ones given.
+  """
+  fields = _fields_by_name()
+  for name in names:
+    note = (notes or {}).get(name)
+    help_text = (f"{fields[name].metadata['help']} Default: the workdir's"
+                 f"{'; ' + note if note else ''}.")
+    _define_field_flag(fields[name], None, help_text)
+
+
+def _fields_by_name() -> dict:
+  return {field.name: field for field in config_lib.flag_fields()}
+
+
+def _define_field_flag(field, default, help_text: str) -> None:
+  """One absl flag named as `field`, its kind from the field's type and choices."""
+  choices = field.metadata.get("choices")
+  item_type = config_lib.tuple_item_type(field)
+  if choices is not None:
+    flags.DEFINE_enum(field.name, default, choices, help_text)
+  elif item_type is not None:
+    # `--decay_steps=1000,2000`: absl keeps the strings; `flag_value` converts them.
+    items = None if default is None else [_format_item(v) for v in default]
+    flags.DEFINE_list(field.name, items, help_text)
+  elif field.type in _DEFINERS:
+    _DEFINERS[field.type](field.name, default, help_text)
+  else:
+    raise TypeError(f"Config.{field.name}: no absl flag for type {field.type!r}; "
+                    "add one in experiments/common.py _define_field_flag.")
+
+
+def _format_item(value) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def flag_value(field) -> Any:
+  """The parsed value of `field`'s flag; a list flag as a tuple of the field's item type.
+
+  Raises ValueError (one line, naming the flag) on an item that does not convert.
+  """
+  value = FLAGS[field.name].value
+  item_type = config_lib.tuple_item_type(field)
+  if item_type is None or value is None:
+    return value
+  try:
+    return tuple(item_type(v) for v in value)
+  except ValueError:
+    what = _ITEM_NAMES.get(item_type, item_type.__name__)
+    raise ValueError(f"--{field.name}={','.join(value)}: expected comma-separated "
+                     f"{what}.") from None
+
+
+def override_values(names: Sequence[str]) -> dict[str, Any]:
+  """The `define_override_flags` flags that were given: {field name: parsed value}."""
+  fields = _fields_by_name()
+  values = {name: flag_value(fields[name]) for name in names}
+  return {name: value for name, value in values.items() if value is not None}
 
 
 _COMMON_DEFINED = False
 
 
-def parse_test_scales(values: Sequence[str]) -> tuple:
-  """--test_scales's strings -> a tuple of floats (ValueError naming the flag)."""
-  try:
-    return tuple(float(v) for v in values)
-  except ValueError:
-    raise ValueError(f"--test_scales={','.join(values)}: expected comma-separated "
-                     "numbers, e.g. 0.8,1,1.2.") from None
+def define_flags(model: str, model_flags: Callable[[], None],
+                 defaults: Optional[dict] = None) -> None:
+  """Defines the common flags, the model's (`model_flags()`), and overrides defaults.
 
-
-def define_flags(model: str, model_flags: Callable[[], None], defaults: dict) -> None:
-  """Defines the common flags, the model's (`model_flags()`), and overrides defaults."""
+  `defaults` holds the family's values where they differ from `Config`'s.
+  """
   global _COMMON_DEFINED
   if not _COMMON_DEFINED:
     _define_common_flags()
     _COMMON_DEFINED = True
   model_flags()
-  for name, value in defaults.items():
+  for name, value in (defaults or {}).items():
     FLAGS.set_default(name, value)
   del model
 
 
 def config_from_flags(model: str, model_kwarg_flags: Sequence[str]) -> config_lib.Config:
   """The Config of the parsed flags; `model_kwarg_flags` go to `model_kwargs`."""
-  values = {}
-  for field in dataclasses.fields(config_lib.Config):
-    if field.name in ("model", "model_kwargs"):
-      continue
-    values[field.name] = FLAGS[field.name].value
-  try:
-    values["decay_steps"] = tuple(int(s) for s in values["decay_steps"])
-  except ValueError:
-    raise ValueError(f"--decay_steps={','.join(FLAGS.decay_steps)}: expected "
-                     "comma-separated integers.") from None
-  values["test_scales"] = parse_test_scales(FLAGS.test_scales)
+  values = {field.name: flag_value(field) for field in config_lib.flag_fields()}
   kwargs = {}
   for name in model_kwarg_flags:
     value = FLAGS[name].value
@@ -204,12 +200,13 @@ def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> N
   from jhpe.train import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
   from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   from jhpe.train import loop  # pylint: disable=g-import-not-at-top
+  from jhpe.train import runtime  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.eval_only:
       eval_lib.evaluate_workdir(FLAGS.workdir)
       return
     result = loop.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, ckpt.CheckpointError, loop.WorkdirLockedError) as e:
+  except (ValueError, ckpt.CheckpointError, runtime.WorkdirLockedError) as e:
     fail(str(e))
   except loop.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
@@ -227,7 +224,20 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
     fail(f"{str(e).splitlines()[0]} (see --helpfull)")
 
 
+def apply_cpu_defaults() -> None:
+  """Applies jhpe's CPU settings (`jhpe.cpu_defaults.apply`) to this process.
+
+  The entry points call it first thing: importing jhpe sets nothing, and XLA reads its
+  flags once, when JAX creates its backends. A bad JHPE_CPU_DEFAULTS is one line, exit 2.
+  """
+  try:
+    cpu_defaults.apply()
+  except ValueError as e:
+    fail(str(e))
+
+
 def run(model: str, model_kwarg_flags: Sequence[str]) -> None:
   """absl.app.run with one-line flag errors; the entry points' `__main__`."""
+  apply_cpu_defaults()  # Before anything can start JAX.
   app.run(lambda argv: main(argv, model, model_kwarg_flags),
           flags_parser=parse_flags)

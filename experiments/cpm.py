@@ -3,7 +3,6 @@ r"""Convolutional Pose Machines (Wei et al. 2016): train and evaluate from flags
   python -m experiments.cpm --flagfile=experiments/configs/lsp_cpm.flags --workdir=DIR
 """
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 from absl import flags
 
 from experiments import common
@@ -16,11 +15,11 @@ def _model_flags():
   flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0 = released; 0.25 for CPU).")
 
 
-# The released setting: SGD momentum 0.9, lr 8e-5 (Caffe's base_lr on the summed loss),
-# 368 x 368 input, stride-8 belief maps.
+# The released setting: SGD (momentum 0.9 and sigma 1 are `Config`'s defaults), lr 8e-5
+# (Caffe's base_lr on the summed loss), weight decay 5e-4, 368 x 368 input, stride-8
+# belief maps.
 common.define_flags("cpm", _model_flags, dict(
-    optimizer="sgd", learning_rate=8e-5, momentum=0.9, input_size=368, sigma=1.0,
-    weight_decay=5e-4))
+    optimizer="sgd", learning_rate=8e-5, input_size=368, weight_decay=5e-4))
 
 if __name__ == "__main__":
   common.run("cpm", MODEL_FLAGS)

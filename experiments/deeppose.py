@@ -4,7 +4,6 @@ r"""DeepPose (Toshev & Szegedy 2014): cascaded joint regression from flags.
       --workdir=DIR
 """
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 from absl import flags
 
 from experiments import common
@@ -24,10 +23,10 @@ def _model_flags():
   flags.DEFINE_float("perturb_sigma", 0.02, "Simulated displacements in training.")
 
 
-# The paper: 220 x 220 input, L2 on normalised coordinates, SGD (AdaGrad-era setting).
+# The paper: 220 x 220 input, L2 on normalised coordinates (`Config`'s default), SGD
+# (AdaGrad-era setting; momentum 0.9 is `Config`'s default).
 common.define_flags("deeppose", _model_flags, dict(
-    optimizer="sgd", learning_rate=5e-4, momentum=0.9, input_size=220,
-    regression_loss="l2", aug_flip=True))
+    optimizer="sgd", learning_rate=5e-4, input_size=220))
 
 if __name__ == "__main__":
   common.run("deeppose", MODEL_FLAGS)

@@ -22,13 +22,11 @@ the workdir's existing files are left as they are.
 
 from typing import Sequence
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 from absl import app
 from absl import flags
 from absl import logging
 
 from experiments import common
-from jhpe.train import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -38,20 +36,18 @@ flags.DEFINE_string("which", "latest", "Checkpoint: 'latest', 'best' (highest va
 flags.DEFINE_string("dataset", "", "Dataset, e.g. lsp, mpii, synthetic/tiny ('' = the "
                     "workdir's).")
 flags.DEFINE_string("split", "", "Split ('' = the workdir's evaluation split).")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the workdir's).")
-flags.DEFINE_string("manual_dir", None, "Folder of the official archives (default: the "
-                    "workdir's).")
 flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples (0 = all).")
-flags.DEFINE_integer("eval_batch_size", None, "Global eval batch size (default: the "
-                     "workdir's).")
-flags.DEFINE_enum("decode", None, config_lib.DECODE_METHODS, "Heatmap decoding "
-                  "(default: the workdir's); another than the run's writes "
-                  "eval/<dataset>_<split>_<decode>.json.")
-flags.DEFINE_bool("flip_test", None, "Average with the mirrored image (default: the "
-                  "workdir's); another than the run's adds _flip / _noflip to the files.")
-flags.DEFINE_list("test_scales", None, "Multi-scale testing, e.g. 0.8,1,1.2 (default: "
-                  "the workdir's); another than the run's adds _scales<...> to the files.")
 flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
+# Config fields this evaluation may change; unset, each keeps the workdir's value. Their
+# help and choices are the fields' (jhpe/train/config.py).
+_OVERRIDES = ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test",
+              "test_scales")
+common.define_override_flags(_OVERRIDES, notes=dict(
+    decode="another than the run's writes eval/<dataset>_<split>_<decode>.json",
+    flip_test="another than the run's adds _flip / _noflip to the files",
+    test_scales="another than the run's adds _scales<...> to the files"))
+for _name in _OVERRIDES:
+  flags.declare_key_flag(_name)  # --help lists them as this entry point's own.
 # Multi-host (jax.distributed), as the training entry points (`launch.sh multihost`).
 common.define_distributed_flags()
 
@@ -67,12 +63,7 @@ def _which(value: str):
 
 def _overrides() -> dict:
   """The Config fields the flags replace (only those given)."""
-  overrides = {}
-  for name in ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test"):
-    if FLAGS[name].value is not None:
-      overrides[name] = FLAGS[name].value
-  if FLAGS.test_scales is not None:
-    overrides["test_scales"] = common.parse_test_scales(FLAGS.test_scales)
+  overrides = common.override_values(_OVERRIDES)
   if FLAGS.num_examples < 0:
     raise ValueError(f"--num_examples={FLAGS.num_examples}: expected >= 0.")
   return overrides
@@ -104,4 +95,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  common.apply_cpu_defaults()  # Before anything can start JAX.
   app.run(main, flags_parser=common.parse_flags)

@@ -4,7 +4,6 @@ r"""Stacked Hourglass (Newell et al. 2016): train and evaluate from flags.
       --workdir=/tmp/quickstart
 """
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 from absl import flags
 
 from experiments import common
@@ -19,9 +18,9 @@ def _model_flags():
   flags.DEFINE_integer("num_modules", 1, "Residual modules at each point.")
 
 
-# The paper's setting: RMSProp 2.5e-4, 256 x 256 input, sigma 1 on the 64 x 64 heatmaps.
-common.define_flags("hourglass", _model_flags, dict(
-    optimizer="rmsprop", learning_rate=2.5e-4, input_size=256, sigma=1.0))
+# The paper's setting is `Config`'s defaults: RMSProp 2.5e-4, 256 x 256 input, sigma 1 on
+# the 64 x 64 heatmaps.
+common.define_flags("hourglass", _model_flags)
 
 if __name__ == "__main__":
   common.run("hourglass", MODEL_FLAGS)

@@ -1,6 +1,16 @@
 """CPU settings that make JAX train convolutional nets several times faster on the CPU.
 
-Two measured fixes (jaxlib 0.10.2, benchmarks/README.md), both applied at `import jhpe`:
+Call `apply()` once, first thing, before JAX initialises its backends (before any JAX
+computation; and before JAX's threads start allocating):
+
+  from jhpe import cpu_defaults
+  cpu_defaults.apply()
+
+`import jhpe` does not do it (importing a library should not change the process): the
+entry points do, `experiments.common.run`, `experiments.evaluate`, the benchmarks and the
+tests' conftest. ``JHPE_CPU_DEFAULTS`` chooses what `apply` sets (below).
+
+Two measured fixes (jaxlib 0.10.2, benchmarks/README.md):
 
 1. XLA flags. XLA's default CPU convolution backend (YNNPACK) computes the weight gradient
    of 3x3 convolutions 4-5x slower than the Eigen path. Routing convolutions away from
@@ -24,8 +34,7 @@ Two measured fixes (jaxlib 0.10.2, benchmarks/README.md), both applied at `impor
 Both concern CPU-only processes: the flags only steer XLA's CPU backend, and the malloc
 settings are skipped where a GPU/TPU plugin is installed or ``JAX_PLATFORMS`` names
 another platform. ``JHPE_CPU_DEFAULTS`` chooses: ``1`` (default) both, ``0`` neither,
-``flags`` or ``malloc`` one of them. They must be in place before JAX initialises (and
-before its threads start allocating): import jhpe first.
+``flags`` or ``malloc`` one of them.
 """
 
 import ctypes

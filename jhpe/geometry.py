@@ -222,3 +222,39 @@ def invert_affine(m):
   ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
   return _stack_matrix(
       xp, [[ia, ib, -(ia * tx + ib * ty)], [ic, id_, -(ic * tx + id_ * ty)]])
+
+
+# -- Person boxes: the centre and size a canvas is cut around. --
+
+# Person box margin: `scale` = PERSON_MARGIN * the longest side of the annotated joints'
+# bounding box. Joints sit inside the body outline (head top and ankles are its extremes,
+# but hands, feet and hair stick out), so 1.25 leaves room for them; it is the usual margin
+# of top-down pose pipelines.
+PERSON_MARGIN = 1.25
+# Smallest person `scale` in pixels; a box of one or two joints is a point.
+MIN_SCALE_PX = 8.0
+
+
+def person_center_scale(joints, visible, margin=PERSON_MARGIN):
+  """Centre and size of the box around the annotated joints.
+
+  Args:
+    joints: (J, 2) original pixels.
+    visible: (J,) 1 where annotated.
+    margin: `scale` = margin * the longest side of the joints' bounding box.
+
+  Returns:
+    center (2,) float32 and scale () float32.
+  """
+  pts = np.asarray(joints, np.float64)[np.asarray(visible) > 0]
+  lo, hi = pts.min(axis=0), pts.max(axis=0)
+  center = (lo + hi) / 2
+  scale = max(margin * float((hi - lo).max()), MIN_SCALE_PX)
+  return center.astype(np.float32), np.float32(scale)
+
+
+def box_center_scale(box, margin=PERSON_MARGIN):
+  """Centre and size of a person box (x, y, w, h) in pixels, as `person_center_scale`."""
+  x, y, w, h = [float(v) for v in box]
+  center = np.array([x + w / 2 - 0.5, y + h / 2 - 0.5], np.float32)
+  return center, np.float32(max(margin * max(w, h), MIN_SCALE_PX))

@@ -1,157 +1,80 @@
-r"""Inference: a `Predictor` built from a training workdir, and the predict command line.
+r"""Inference: a `Predictor` from a shipped model or a training workdir, and the predict CLI.
 
-  predictor = jhpe.load('workdirs/hourglass_lsp')          # latest checkpoint, flip test on
-  out = predictor(image)                                   # whole image = the person box
-  out = predictor(image, box=(x, y, w, h))                 # or center=(x, y), scale=s
+  predictor = jhpe.load('lsp_hourglass')                   # the shipped LSP model
+  predictor = jhpe.load('workdirs/hourglass_lsp', decode='taylor')   # a run, a setting changed
+  out = predictor('photo.jpg')                             # a file: whole image = the person
+  out = predictor(image, box=(x, y, w, h))                 # an array, a person box
   out['joints']       # (J, 2) float32, original pixels (x, y), pixel centres at integers
   out['confidence']   # (J,) float32, the decoded heatmap peak (1.0 for regression models)
 
-  python -m jhpe.predict --workdir=DIR [--output=DIR] IMAGE...
+  jhpe-predict photo.jpg                        # the shipped model, no workdir needed
+  jhpe-predict --workdir=DIR --decode=taylor photos/ clip.mp4
 
-writes `predictions.json` (joints and confidences per image) and one overlay PNG per image.
+The CLI writes `predictions.json` (joints, confidences and time per image) and one overlay
+PNG per image; a video gets an annotated video and one JSON line per frame (`jhpe.video`).
 
-The way from an image to joints is the evaluation's (docs/design.md): cut an S x S canvas
-around the person with the data pipeline's `crop` (the person box's longest side times the
-dataset margin maps to S pixels), run the model, decode the last stage (averaged with the
-mirrored image's output when the flip test is on) with `jhpe.train.steps.predict_canvas`,
-and map canvas pixels back to the original image through the inverse crop.
-`predict_batch` is the device part as one pure, jittable function.
+The way from an image to joints is the evaluation's (`jhpe.inference`): a file is decoded
+and cut exactly as the evaluation pipeline cuts its examples (JPEG draft decoding for large
+people included), an array is cut by the same crop; the model, flip test, multi-scale test
+and decoding are `jhpe.inference.predict_canvas`, which the eval step runs. Test-time
+settings (`flip_test`, `decode`, `test_scales`) default to the run's own (its config.json)
+and each can be overridden in `load` and on the command line.
 
-Images: (H, W, 3) uint8 RGB. Grey (H, W) or (H, W, 1) images are repeated to RGB, RGBA drops
-its alpha channel (no compositing), any other channel count or a non-uint8 dtype is a
-ValueError naming the shape or dtype.
+Images: files in any format PIL reads, turned upright by their EXIF orientation, grey,
+palette, CMYK and 16-bit converted to 8-bit RGB, alpha dropped; arrays (H, W, 3) uint8 RGB,
+grey (H, W) or (H, W, 1), RGBA (alpha dropped) or uint16. Anything else is a ValueError
+naming the image. This module imports neither TensorFlow Datasets nor grain.
 """
 
 import functools
-import json
 import os
-import sys
-import tempfile
+import warnings
 
 import jax
 import numpy as np
 from PIL import Image
 
+from jhpe import codecs
 from jhpe import geometry
-from jhpe.data import common as data_common
-from jhpe.data import pipeline
-from jhpe.train import config as config_lib
-from jhpe.train import steps
+from jhpe import inference
 
-# Images per forward pass of the CLI and `Predictor.predict_batch`; smaller batches are
-# padded to the next power of two, so at most log2(MAX_BATCH) + 1 shapes are compiled.
+# Images per forward pass of `Predictor.predict_batch`; smaller batches are padded to the
+# next power of two, so at most log2(MAX_BATCH) + 1 shapes are compiled.
 MAX_BATCH = 16
+# Shipped models: jhpe/pretrained/<name>/ (config.json, checkpoints/, MODEL_CARD.md, eval/).
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')
+DEFAULT_MODEL = 'lsp_hourglass'
+# The test-time settings `load` and the CLI may change; the rest of a run is its own.
+TEST_SETTINGS = ('flip_test', 'decode', 'test_scales')
 
 
-def predict_batch(variables, images, canvas_to_original, *, model, config,
-                  flip_permutation):
+def predict_batch(variables, images, canvas_to_original, *, model, codec, flip_permutation,
+                  flip_test, test_scales):
   """Joints in original pixels for a batch of canvases: the evaluation's prediction.
-
-  The model, decoding and flip test are `jhpe.train.steps.predict_canvas`, the function
-  the eval step runs, so a predictor and an evaluation give the same joints.
 
   Args:
     variables: {'params', 'batch_stats'?}.
     images: (B, S, S, 3) uint8 canvases.
     canvas_to_original: (B, 3, 3) float32, the inverse of each canvas's crop matrix.
-    model: a jhpe model.
-    config: the run's `Config` (`decode`, `flip_test`).
+    model, codec: the flax module and its codec (`jhpe.codecs.make_codec`).
     flip_permutation: (J,) `Skeleton.flip_permutation`.
+    flip_test, test_scales: the test-time settings.
 
   Returns:
-    joints (B, J, 2) float32 in original pixels, confidence (B, J) float32 (the decoded
-    heatmap peak; ones for regression models).
+    joints (B, J, 2) float32 in original pixels, confidence (B, J) float32.
   """
-  joints, confidence, _ = steps.predict_canvas(
-      variables, steps.images_to_float(images), model=model, config=config,
-      flip_permutation=flip_permutation)
+  joints, confidence, _ = inference.predict_canvas(
+      variables, images, model=model, codec=codec, flip_permutation=flip_permutation,
+      flip_test=flip_test, test_scales=test_scales)
   return geometry.apply_affine(canvas_to_original, joints), confidence
-
-
-# ----------------------------------------------------------------------------------------
-# Host side: images, person boxes, canvases.
-# ----------------------------------------------------------------------------------------
-
-
-def to_rgb(image, name='image'):
-  """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3) uint8 RGB.
-
-  Grey is repeated over the three channels; RGBA drops alpha (documented conversions).
-  """
-  image = np.asarray(image)
-  if image.dtype != np.uint8:
-    raise ValueError(f'{name} must be uint8 (0..255), got dtype {image.dtype}; convert a '
-                     f'float image in [0, 1] with (image * 255).round().astype(np.uint8).')
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or 0 in image.shape:
-    raise ValueError(f'{name} must have shape (H, W, 3) (or grey (H, W), (H, W, 1), or '
-                     f'RGBA (H, W, 4)), got {image.shape}.')
-  if image.shape[-1] == 1:
-    image = np.repeat(image, 3, axis=-1)
-  return np.ascontiguousarray(image[..., :3])
-
-
-def read_image(path):
-  """Reads an image file as (H, W, 3) uint8 RGB (grey repeated, alpha dropped).
-
-  Raises:
-    FileNotFoundError: `path` does not exist.
-    ValueError: `path` is not a readable image (the message names it).
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'image {path!r} does not exist (or is not a file).')
-  try:
-    with Image.open(path) as im:
-      im.load()
-      return np.asarray(im.convert('RGB'))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f'image {path!r} is not a readable image: {e}') from None
-
-
-def person_center_scale(image_shape, box=None, center=None, scale=None):
-  """The person's centre (2,) and size () in original pixels, as the datasets store them.
-
-  Args:
-    image_shape: (H, W, ...) of the image.
-    box: optional person box (x, y, w, h) in pixels (COCO's convention: (0, 0, W, H) is
-      the whole image); its longest side times the dataset margin becomes the canvas side.
-    center, scale: alternatively the person's centre (x, y) and size in pixels (`scale`
-      pixels map to the canvas side, as the stored examples' `scale`).
-    With neither, the whole image is the person box: a square around the image's centre.
-
-  Returns:
-    center (2,) float32 and scale () float32.
-  """
-  if box is not None and (center is not None or scale is not None):
-    raise ValueError('give either box=(x, y, w, h) or center=(x, y) and scale, not both.')
-  if (center is None) != (scale is None):
-    raise ValueError(f'center and scale go together; got center={center!r}, '
-                     f'scale={scale!r}.')
-  if center is not None:
-    center = np.asarray(center, np.float32)
-    if center.shape != (2,) or not np.all(np.isfinite(center)):
-      raise ValueError(f'center must be a finite (x, y) pair, got {center!r}.')
-    scale = np.float32(scale)
-    if not np.isfinite(scale) or scale <= 0:
-      raise ValueError(f'scale must be a positive number of pixels, got {scale!r}.')
-    return center, scale
-  if box is None:
-    h, w = image_shape[:2]
-    box = (0.0, 0.0, float(w), float(h))
-  box = np.asarray(box, np.float32)
-  if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
-    raise ValueError(f'box must be (x, y, w, h) with w, h > 0, got {box!r}.')
-  return data_common.box_center_scale(box)
 
 
 def _padded_size(n, max_batch):
   return min(max_batch, 1 << max(0, (n - 1).bit_length()))
 
 
-# ----------------------------------------------------------------------------------------
-# The predictor.
-# ----------------------------------------------------------------------------------------
+def _trained_on_synthetic_only(config):
+  return all(name.split('/')[0] == 'synthetic' for name in config.train_datasets)
 
 
 class Predictor:
@@ -160,28 +83,32 @@ class Predictor:
   Attributes:
     model: the flax module.
     variables: {'params', 'batch_stats'?}.
-    config: the run's `Config` (input size, decode method, flip test).
+    config: the run's `Config` with the test-time settings in use.
     skeleton: the dataset's `Skeleton` (joint names, flip pairs, limbs).
     step: the checkpoint's training step (None if not from a checkpoint).
+    source: the workdir or shipped model it was loaded from (None if built directly).
   """
 
-  def __init__(self, model, variables, config, *, skeleton=None, flip_test=None,
-               step=None, max_batch=MAX_BATCH):
-    """Args: as the attributes; `flip_test` overrides `config.flip_test` if not None."""
-    if flip_test is not None:
-      config = config.replace(flip_test=bool(flip_test))
+  def __init__(self, model, variables, config, *, skeleton=None, step=None, source=None,
+               max_batch=MAX_BATCH):
+    from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
     self.model = model
     # On the device once, not at every call (restored checkpoints are numpy arrays).
     self.variables = jax.device_put(variables)
     self.config = config
     self.skeleton = skeleton or config_lib.skeleton_of(config)
     self.step = step
+    self.source = source
     self.max_batch = int(max_batch)
-    self._options = dict(model=model, config=config,
-                         flip_permutation=np.asarray(self.skeleton.flip_permutation))
+    self.codec = codecs.make_codec(model, config)
+    self._options = dict(model=model, codec=self.codec,
+                         flip_permutation=np.asarray(self.skeleton.flip_permutation),
+                         flip_test=bool(config.flip_test),
+                         test_scales=tuple(config.test_scales))
     # jit compiles once per batch shape; the variables are an argument, not constants.
     self._predict = jax.jit(functools.partial(predict_batch, **self._options))
     self._predict_canvas = jax.jit(self._canvas_fn)
+    self._warned_synthetic = False
 
   @property
   def input_size(self):
@@ -192,12 +119,19 @@ class Predictor:
     return self.config.flip_test
 
   @property
+  def decode(self):
+    return self.config.decode
+
+  @property
+  def test_scales(self):
+    return tuple(self.config.test_scales)
+
+  @property
   def num_joints(self):
     return self.skeleton.num_joints
 
   def _canvas_fn(self, variables, images):
-    joints, confidence, _ = steps.predict_canvas(
-        variables, steps.images_to_float(images), **self._options)
+    joints, confidence, _ = inference.predict_canvas(variables, images, **self._options)
     return joints, confidence
 
   def canvas_function(self):
@@ -218,20 +152,36 @@ class Predictor:
     return np.asarray(joints), np.asarray(confidence)
 
   def prepare(self, image, box=None, center=None, scale=None, name='image'):
-    """One image -> its canvas (S, S, 3) uint8 and canvas_to_original (3, 3) float32."""
-    image = to_rgb(image, name)
-    c, s = person_center_scale(image.shape, box, center, scale)
-    # The evaluation pipeline's crop, so a predictor sees the canvases a model was
-    # evaluated on.
-    canvas, original_to_canvas = pipeline.crop(Image.fromarray(image), c, s, self.input_size)
+    """One image -> its canvas (S, S, 3) uint8 and canvas_to_original (3, 3) float32.
+
+    `image` is a file path or its bytes (decoded and cut as the evaluation cuts its
+    examples, EXIF orientation applied), a PIL image or an array (cut by the same crop).
+    """
+    if isinstance(image, (str, os.PathLike, bytes)):
+      if isinstance(image, bytes):
+        data, where = image, name
+      else:
+        data, where = inference.read_bytes(os.fspath(image)), f'image {os.fspath(image)!r}'
+      size = inference.encoded_size(data, where, exif_transpose=True)
+      c, s = inference.person_box(size, box, center, scale)
+      canvas, original_to_canvas = inference.load_canvas(
+          data, c, s, self.input_size, where, exif_transpose=True)
+    else:
+      if isinstance(image, Image.Image):
+        image = np.asarray(inference.pil_rgb(image))
+      image = inference.as_rgb(image, name)
+      c, s = inference.person_box(image.shape[1::-1], box, center, scale)
+      canvas, original_to_canvas = inference.cut_canvas(
+          Image.fromarray(image), c, s, self.input_size)
     return canvas, np.asarray(geometry.invert_affine(original_to_canvas), np.float32)
 
   def __call__(self, image, box=None, *, center=None, scale=None):
     """Predicts one person.
 
     Args:
-      image: (H, W, 3) uint8 (grey and RGBA are converted, see the module docstring).
-      box: optional person box (x, y, w, h) in pixels.
+      image: a file path, its bytes, a PIL image or an (H, W, 3) uint8 array (see the
+        module docstring for the conversions).
+      box: optional person box (x, y, w, h) in pixels; default the whole image.
       center, scale: alternatively the person's centre (x, y) and size in pixels.
 
     Returns:
@@ -247,7 +197,7 @@ class Predictor:
     """Predicts one person in each of N images.
 
     Args:
-      images: sequence of N images (H_i, W_i, 3) uint8 (sizes may differ).
+      images: sequence of N images (paths, bytes, PIL images or arrays; sizes may differ).
       boxes: optional N person boxes (x, y, w, h), each may be None (whole image).
       centers, scales: alternatively N centres (x, y) and N sizes in pixels.
 
@@ -257,6 +207,7 @@ class Predictor:
     if isinstance(images, np.ndarray) and images.ndim == 3:
       raise ValueError(f'images must be a sequence of images, got one array of shape '
                        f'{images.shape}; call predictor(image) for a single image.')
+    self._warn_if_synthetic()
     n = len(images)
     for arg, values in (('boxes', boxes), ('centers', centers), ('scales', scales)):
       if values is not None and len(values) != n:
@@ -283,123 +234,78 @@ class Predictor:
               np.zeros((0, self.num_joints), np.float32))
     return np.concatenate(joints), np.concatenate(confidence)
 
+  def _warn_if_synthetic(self):
+    if self._warned_synthetic or not _trained_on_synthetic_only(self.config):
+      return
+    self._warned_synthetic = True
+    warnings.warn(
+        f'this model ({self.source or "a Predictor"}) was trained on the synthetic figures '
+        'only: on photos of people its joints are not meaningful. For photos use the '
+        f'shipped model, jhpe.load({DEFAULT_MODEL!r}) (`jhpe-predict` without --workdir).',
+        stacklevel=3)
 
-def load(workdir, which='latest', flip_test=True):
-  """A `Predictor` from a training workdir's config.json and checkpoint.
+
+# ----------------------------------------------------------------------------------------
+# Loading: shipped names and workdirs.
+# ----------------------------------------------------------------------------------------
+
+
+def pretrained_names():
+  """The shipped models' names (folders of jhpe/pretrained with a config.json)."""
+  if not os.path.isdir(PRETRAINED_DIR):
+    return []
+  return sorted(n for n in os.listdir(PRETRAINED_DIR)
+                if os.path.isfile(os.path.join(PRETRAINED_DIR, n, 'config.json')))
+
+
+def resolve(name_or_workdir):
+  """A workdir path, or a shipped model's name -> the folder to restore from."""
+  path = os.fspath(name_or_workdir)
+  if os.path.isdir(path):
+    return path
+  if path in pretrained_names():
+    return os.path.join(PRETRAINED_DIR, path)
+  raise FileNotFoundError(
+      f'{path!r} is neither a workdir nor a shipped model (shipped: '
+      f'{", ".join(pretrained_names()) or "none"}).')
+
+
+def load(name_or_workdir=DEFAULT_MODEL, which='latest', *, flip_test=None, decode=None,
+         test_scales=None):
+  """A `Predictor` from a shipped model's name or a training workdir.
 
   Args:
-    workdir: a training workdir (config.json and checkpoints/).
+    name_or_workdir: 'lsp_hourglass' (shipped, see jhpe/pretrained/*/MODEL_CARD.md) or a
+      training workdir (config.json and checkpoints/).
     which: 'latest', 'best' or a step number.
-    flip_test: average with the mirrored image's prediction (the papers' test protocol).
+    flip_test, decode, test_scales: test-time settings; None keeps the run's own
+      (config.json): what its evaluation used.
 
   Raises:
-    FileNotFoundError: `workdir` does not exist.
-    ValueError: no or a bad config.json; no checkpoint, or one that does not fit the
-      config (`jhpe.train.checkpoint.CheckpointError`); the messages name the path.
+    FileNotFoundError: neither a workdir nor a shipped name.
+    ValueError: no or a bad config.json; a setting that is not allowed (named as its
+      flag); no checkpoint, or one that does not fit the config
+      (`jhpe.train.checkpoint.CheckpointError`); the messages name the path.
   """
   from jhpe.train import checkpoint  # pylint: disable=g-import-not-at-top
-  from jhpe.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir!r} does not exist.')
-  config = config_lib.load_config(workdir)
-  model = config_lib.build_model(config)
-  variables, step = checkpoint.restore_variables(workdir, which)
-  # A checkpoint of another model or size fails here, naming the array, not in XLA.
-  abstract = jax.eval_shape(
-      lambda: state_lib.init_variables(jax.random.PRNGKey(0), model, config))
-  checkpoint.check_variables(os.path.join(checkpoint.checkpoint_dir(workdir), str(step)),
-                             variables, abstract)
-  return Predictor(model, variables, config, flip_test=flip_test, step=step)
-
-
-# ----------------------------------------------------------------------------------------
-# Command line.
-# ----------------------------------------------------------------------------------------
-
-
-def _write_json_atomic(path, data):
-  """Writes JSON to a temporary file and renames it: a crash never leaves half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.predictions', suffix='.json')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
-def _overlay_names(paths):
-  """Unique PNG names from the images' base names (im0001.jpg -> im0001.png)."""
-  names, seen = [], {}
-  for p in paths:
-    stem = os.path.splitext(os.path.basename(p))[0] or 'image'
-    k = seen.get(stem, 0)
-    seen[stem] = k + 1
-    names.append(f'{stem}.png' if k == 0 else f'{stem}_{k}.png')
-  return names
-
-
-def predict_files(workdir, image_paths, output_dir, which='latest', flip_test=True):
-  """The CLI's work: predicts every image, writes predictions.json and overlay PNGs.
-
-  All images are read before anything is written, so a missing or unreadable image (or a
-  workdir without a checkpoint) fails before touching `output_dir`.
-
-  Returns:
-    The path of predictions.json.
-  """
-  from jhpe import viz  # pylint: disable=g-import-not-at-top
-  if not image_paths:
-    raise ValueError('no IMAGE given: pass one or more image files.')
-  images = [read_image(p) for p in image_paths]
-  predictor = load(workdir, which=which, flip_test=flip_test)
-  joints, confidence = predictor.predict_batch(images)
-  os.makedirs(output_dir, exist_ok=True)
-  records = []
-  for path, name, image, j, c in zip(image_paths, _overlay_names(image_paths), images,
-                                     joints, confidence):
-    png = os.path.join(output_dir, name)
-    viz.plot_skeleton(image, j, predictor.skeleton, title=os.path.basename(path),
-                      path=png).clear()
-    records.append({'image': os.path.abspath(path), 'overlay': png,
-                    'joints': np.round(j, 3).tolist(),
-                    'confidence': np.round(c, 5).tolist()})
-  out = os.path.join(output_dir, 'predictions.json')
-  _write_json_atomic(out, {
-      'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': predictor.step,
-      'flip_test': predictor.flip_test, 'skeleton': predictor.skeleton.name,
-      'joint_names': list(predictor.skeleton.joint_names),
-      'coordinates': 'original image pixels (x, y), pixel centres at integers',
-      'predictions': records})
-  return out
-
-
-def _main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  try:
-    out = predict_files(f.workdir, argv[1:], f.output or os.path.join(f.workdir, 'predict'),
-                        which=int(f.which) if f.which.isdigit() else f.which,
-                        flip_test=f.flip_test)
-  except (OSError, ValueError) as e:  # Missing/unreadable files, bad workdir.
-    sys.exit(f'jhpe.predict: error: {e}')
-  print(out)
+  workdir = resolve(name_or_workdir)
+  overrides = {k: v for k, v in zip(TEST_SETTINGS, (flip_test, decode, test_scales))
+               if v is not None}
+  if 'flip_test' in overrides:
+    overrides['flip_test'] = bool(overrides['flip_test'])
+  if 'test_scales' in overrides:
+    overrides['test_scales'] = tuple(float(s) for s in overrides['test_scales'])
+  config, model, variables, step = checkpoint.load_model(workdir, which, overrides)
+  config.validate()  # A setting that is not allowed fails here, named as its flag.
+  return Predictor(model, variables, config, step=step,
+                   source=os.fspath(name_or_workdir))
 
 
 def run():
-  """Entry point of `python -m jhpe.predict` and the `jhpe-predict` script."""
-  # Flags are defined here, not at import time: `jhpe.load` imports this module, and
-  # experiments/ define their own --workdir.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json, checkpoints/).',
-                      required=True)
-  flags.DEFINE_string('output', None, 'Output directory (default: WORKDIR/predict).')
-  flags.DEFINE_string('which', 'latest', "Checkpoint: 'latest', 'best' or a step.")
-  flags.DEFINE_bool('flip_test', True, 'Average with the mirrored image (test protocol).')
-  app.run(_main)
+  """Entry point of `python -m jhpe.predict` and the `jhpe-predict` script
+  (`jhpe.predict_cli`)."""
+  from jhpe import predict_cli  # pylint: disable=g-import-not-at-top
+  predict_cli.run()
 
 
 if __name__ == '__main__':

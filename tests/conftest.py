@@ -1,10 +1,15 @@
-"""Shared pytest setup: import jhpe first (it sets CPU XLA flags before JAX starts)."""
+"""Shared pytest setup: jhpe's CPU defaults for the whole session, and the shared data."""
 
 import os
 import pathlib
 
-import jhpe  # pylint: disable=unused-import  # Must precede any JAX import.
 import pytest
+
+from jhpe import cpu_defaults
+
+# The tests run JAX on the CPU: its measured XLA flags and malloc settings, as the entry
+# points apply them. pytest imports this file before any test module, so before JAX starts.
+cpu_defaults.apply()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -22,11 +22,12 @@ import json
 import os
 import sys
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from jhpe import cpu_defaults
 
 GLOBAL_BATCH = 8
 NUM_STEPS = 3
@@ -179,4 +180,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cpu_defaults.apply()  # Before JAX starts, as the entry points do.
   main(sys.argv[1:])

@@ -1,4 +1,5 @@
-"""The CPU defaults set at `import jhpe`: XLA flags and glibc malloc settings."""
+"""jhpe's CPU defaults (XLA flags, glibc malloc settings): what `cpu_defaults.apply()` sets,
+that the entry points apply them, and that `import jhpe` alone changes nothing."""
 
 import json
 import os
@@ -8,6 +9,101 @@ import sys
 import pytest
 
 from jhpe import cpu_defaults
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code, *args, **env):
+  """Runs `python -c code` in the repository with jhpe's variables unset (plus `env`)."""
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ("XLA_FLAGS", "JHPE_CPU_DEFAULTS")}
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env=dict(environ, JAX_PLATFORMS="cpu", **env))
+
+
+def test_import_jhpe_leaves_xla_flags_alone():
+  # Nor do the modules the entry points are made of: only running one applies the flags.
+  proc = _python("import os; x = os.environ.get('XLA_FLAGS'); import jhpe, jhpe.train.config, "
+                 "experiments.common, experiments.evaluate; "
+                 "assert os.environ.get('XLA_FLAGS') == x, os.environ.get('XLA_FLAGS')")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# Whether glibc serves a 64 MB malloc with its own mmap (its default above 32 MB at most)
+# or from the heap (`MALLOC_SETTINGS`: no mmap), after the statement in argv[1].
+_MMAP_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL(None)
+if not hasattr(libc, "mallinfo2"):  # glibc >= 2.33.
+  print("no mallinfo2"); sys.exit(0)
+class MallInfo2(ctypes.Structure):
+  _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
+              "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+exec(sys.argv[1])
+before = libc.mallinfo2().hblks
+block = libc.malloc(64 << 20)
+mmapped = libc.mallinfo2().hblks - before
+libc.free(block)
+print(mmapped)
+"""
+
+
+def _mmapped_blocks(statement):
+  proc = _python(_MMAP_PROBE, statement)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout.strip()
+  if out == "no mallinfo2":
+    pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+  return int(out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc (Linux)")
+def test_import_jhpe_leaves_malloc_alone():
+  assert _mmapped_blocks("import jhpe") == 1  # glibc's default: the block is mmapped.
+  # The probe sees the settings when they are applied.
+  assert _mmapped_blocks("from jhpe import cpu_defaults; cpu_defaults.apply()") == 0
+
+
+# Runs entry point argv[1] as `python -m` would, with the flags after it; then prints the
+# process's XLA_FLAGS.
+_RUN_ENTRY_POINT = """
+import os, runpy, sys
+module = sys.argv.pop(1)
+try:
+  runpy.run_module(module, run_name="__main__", alter_sys=True)
+except SystemExit as e:
+  assert e.code == 2, e.code
+print(os.environ.get("XLA_FLAGS"))
+"""
+
+
+@pytest.mark.parametrize("module, bad_flag", [
+    ("experiments.hourglass", "--optimizer=lamb"),
+    ("experiments.evaluate", "--decode=nope")])
+def test_entry_points_apply_the_defaults_first(module, bad_flag):
+  # Applied before the flags are even parsed (so before anything starts JAX): a flag error
+  # exits at once, the flags already in the process's environment.
+  proc = _python(_RUN_ENTRY_POINT, module, bad_flag)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == list(cpu_defaults.CPU_XLA_FLAGS), proc.stdout
+
+
+def test_entry_point_names_a_bad_choice_in_one_line():
+  proc = subprocess.run([sys.executable, "-m", "experiments.hourglass", "--summary"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JHPE_CPU_DEFAULTS="yes", JAX_PLATFORMS="cpu"))
+  errors = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+  assert errors[0].startswith("error: JHPE_CPU_DEFAULTS='yes'"), errors
+
+
+def test_the_tests_run_with_the_flags():
+  # tests/conftest.py applies them for the session (unless the user opted out).
+  if os.environ.get("JHPE_CPU_DEFAULTS", "1") in ("1", "flags"):
+    assert all(f in os.environ["XLA_FLAGS"].split() for f in cpu_defaults.CPU_XLA_FLAGS)
 
 
 def test_flags_are_appended_once_and_the_users_own_win():
@@ -44,7 +140,8 @@ def test_malloc_settings_only_for_cpu_processes(platforms, expected):
 # A jitted step whose 128 MB intermediate lives in XLA's per-execution temporary buffer.
 _FAULTS_SCRIPT = """
 import json, resource
-import jhpe
+from jhpe import cpu_defaults
+cpu_defaults.apply()
 import jax, jax.numpy as jnp
 
 @jax.jit

@@ -2,7 +2,6 @@
 
 import functools
 
-import jhpe  # pylint: disable=unused-import  # sets XLA flags before JAX starts
 import jax
 import jax.numpy as jnp
 import numpy as np

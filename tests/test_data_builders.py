@@ -5,12 +5,12 @@ import json
 import os
 import zipfile
 
-import jhpe  # pylint: disable=unused-import  # sets XLA flags before JAX starts
 import numpy as np
 from PIL import Image
 import pytest
 import scipy.io
 
+from jhpe import geometry
 from jhpe import metrics
 from jhpe import skeletons
 from jhpe.data import coco_keypoints
@@ -116,7 +116,7 @@ def test_lsp_generator_converts_to_zero_based(tmp_path):
   assert ex['id'] == 'im0002' and ex['occluded'][4] == 1 and np.all(ex['visible'] == 1)
   np.testing.assert_allclose(ex['joints'], joints[:2, :, 1].T - 1, rtol=1e-6)
   box = ex['joints'].max(0) - ex['joints'].min(0)
-  assert ex['scale'] == pytest.approx(common.PERSON_MARGIN * box.max(), rel=1e-5)
+  assert ex['scale'] == pytest.approx(geometry.PERSON_MARGIN * box.max(), rel=1e-5)
 
 
 def test_missing_archive_names_path_and_url(tmp_path):

@@ -2,7 +2,6 @@
 
 import io
 
-import jhpe  # pylint: disable=unused-import  # sets XLA flags before JAX starts
 import numpy as np
 from PIL import Image
 import pytest

@@ -82,6 +82,44 @@ def test_every_flagfile_parses_and_validates():
     assert proc.returncode == 0, f"{name}: {proc.stderr[-1500:]}"
 
 
+# Every Config field's flag, generated from the field: its default parses back to the
+# field's default, its help and choices are the field's. Then the evaluation's overrides.
+_GENERATED_FLAGS = """
+from absl import flags
+from experiments import common, hourglass
+from jhpe.train import config as config_lib
+F = flags.FLAGS
+F(["x"])
+assert common.config_from_flags("hourglass", ()) == config_lib.Config(), "defaults"
+for field in config_lib.flag_fields():
+  # absl puts an enum's values before its help: "<a|b>: help".
+  assert F[field.name].help.endswith(field.metadata["help"]), field.name
+  choices = field.metadata.get("choices")
+  assert getattr(F[field.name].parser, "enum_values", None) == (
+      list(choices) if choices else None), field.name
+F(["x", "--decay_steps=10,20", "--test_scales=0.5,1"])
+config = common.config_from_flags("hourglass", ())
+assert (config.decay_steps, config.test_scales) == ((10, 20), (0.5, 1.0)), config
+"""
+
+_OVERRIDE_FLAGS = """
+from absl import flags
+from experiments import common, evaluate
+flags.FLAGS(["x"])
+assert common.override_values(evaluate._OVERRIDES) == {}
+flags.FLAGS(["x", "--decode=taylor", "--noflip_test", "--test_scales=0.5,1"])
+assert common.override_values(evaluate._OVERRIDES) == dict(
+    decode="taylor", flip_test=False, test_scales=(0.5, 1.0))
+"""
+
+
+@pytest.mark.parametrize("script", [_GENERATED_FLAGS, _OVERRIDE_FLAGS])
+def test_flags_are_generated_from_the_config_fields(script):
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 # -- experiments.evaluate: a workdir's checkpoint on any split. --
 
 

@@ -110,3 +110,64 @@ def test_fixed_batch_export_and_bad_arguments(predictor, tmp_path):
     export.export_predictor(predictor, str(tmp_path / 'bad'), batch_size=0)
   with pytest.raises(FileNotFoundError, match='nothing.jaxexport'):
     export.load_exported(str(tmp_path / 'nothing.jaxexport'))
+
+
+# ----------------------------------------------------------------------------------------
+# ONNX (the `onnx` extra).
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def onnx_path(tmp_path_factory, shared_data_dir, predictor):
+  """The tiny workdir exported through the command line, batch 3."""
+  pytest.importorskip('jax2onnx', reason='the onnx extra: pip install -e .[onnx]')
+  pytest.importorskip('onnxruntime', reason='the onnx extra: pip install -e .[onnx]')
+  workdir = test_predict.cached_tiny_workdir(tmp_path_factory, shared_data_dir)
+  path = tmp_path_factory.mktemp('onnx') / 'pose.onnx'
+  assert predictor.flip_test  # The CLI loads the same workdir with the same defaults.
+  assert export.main([f'--workdir={workdir}', '--format=onnx', f'--output={path}',
+                      '--batch_size=3']) == str(path)
+  return path
+
+
+def test_onnx_model_in_onnxruntime_matches_the_predictor(predictor, canvases, onnx_path):
+  predict = export.load_onnx(str(onnx_path))
+  inputs = predict.session.get_inputs()
+  assert [(i.name, i.type, i.shape) for i in inputs] == [
+      ('images', 'tensor(uint8)', [3, predictor.input_size, predictor.input_size, 3])]
+  assert [o.name for o in predict.session.get_outputs()] == ['joints', 'confidence']
+  meta = predict.metadata
+  assert meta['format'] == export.ONNX_FORMAT and meta['flip_test'] is True
+  assert meta['joint_names'] == list(predictor.skeleton.joint_names)
+  images = canvases[1]
+  joints, confidence = predict(images)
+  expected, expected_conf = predictor.predict_canvas(images)
+  assert joints.shape == expected.shape and joints.dtype == np.float32
+  # Within half a pixel (the argmax, offsets and flip merge run in ONNX operators).
+  np.testing.assert_allclose(joints, expected, atol=0.5)
+  np.testing.assert_allclose(confidence, expected_conf, atol=1e-3)
+  # Three other canvases: noise, a mirrored and a darkened person. (No flat canvas: its
+  # heatmaps have exact ties, which two runtimes may break at different pixels.)
+  rng = np.random.default_rng(0)
+  other = np.stack([rng.integers(0, 256, images.shape[1:], dtype=np.uint8),
+                    images[1, :, ::-1], (images[2] * 0.6).astype(np.uint8)])
+  joints, _ = predict(other)
+  np.testing.assert_allclose(joints, predictor.predict_canvas(other)[0], atol=0.5)
+  # The conversion left the process's jit caches clean: the predictor still runs.
+  np.testing.assert_allclose(predictor.predict_canvas(images)[0], expected, atol=1e-5)
+
+
+def test_export_command_line_errors(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    export.main([f'--workdir={tmp_path / "nowhere"}', '--format=jax'])
+  assert e.value.code == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'nowhere' in err and 'error' in err, err
+  with pytest.raises(SystemExit) as e:
+    export.main([f'--workdir={tmp_path}', '--format=tflite'])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and "'tflite'" in err and '--format' in err, err
+  with pytest.raises(SystemExit) as e:
+    export.main([f'--workdir={tmp_path}', '--batch_size=0'])
+  assert e.value.code == 2 and '--batch_size' in capsys.readouterr().err

@@ -4,8 +4,6 @@ On the CPU, compiling dominates the cost of these tests, so each tiny model is i
 once (`_variables`) and the jitted helpers are reused across tests with the same shapes.
 """
 
-import jhpe  # pylint: disable=unused-import  # Must precede any JAX import.
-
 import functools
 
 import jax

@@ -122,14 +122,15 @@ def test_two_processes_pmean_gradients_like_one(tmp_path):
 # runs a train step.
 _PREEMPT_WORKER = """
 import json, os, signal, sys
-import jhpe
+from jhpe import cpu_defaults
+cpu_defaults.apply()
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]), initialization_timeout=60)
-from jhpe.train import loop
+from jhpe.train import runtime
 stopped_at = None
-with loop.PreemptionFlag() as flag:
+with runtime.PreemptionFlag() as flag:
   for poll in range(8):
     if poll == 3 and jax.process_index() == 1:
       os.kill(os.getpid(), signal.SIGTERM)
@@ -158,8 +159,8 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_poll(tmp_path):
 
 def test_single_process_flag_does_not_sync():
   """One process: the flag is the plain signal flag (no collective per poll)."""
-  from jhpe.train import loop  # pylint: disable=g-import-not-at-top
-  flag = loop.PreemptionFlag()
+  from jhpe.train import runtime  # pylint: disable=g-import-not-at-top
+  flag = runtime.PreemptionFlag()
   assert not flag.sync and not flag()
   flag.requested = True
   assert flag()

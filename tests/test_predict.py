@@ -17,21 +17,23 @@ import subprocess
 import sys
 import zipfile
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
+import jhpe
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 import scipy.io
 
+from jhpe import codecs
 from jhpe import geometry
+from jhpe import inference
 from jhpe import predict
 from jhpe import skeletons
 from jhpe import viz
 from jhpe.train import checkpoint
 from jhpe.train import config as config_lib
 from jhpe.train import state as state_lib
-from jhpe.train import steps
+from jhpe.train import steps as steps_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LSP_IDS = (1, 2)  # im0001.jpg, im0002.jpg (LSP's training half).
@@ -68,9 +70,8 @@ def build_tiny_workdir(workdir, images, joints):
                                                image_joints))
   canvas_joints = np.stack(canvas_joints).astype(np.float32)
   x = np.stack(canvases).astype(np.float32) / 255.0
-  targets, weights = steps.make_targets(model, canvas_joints,
-                                        np.ones(canvas_joints.shape[:2], np.float32),
-                                        config.input_size, config.sigma)
+  codec = codecs.make_codec(model, config)
+  targets, weights = codec.encode(canvas_joints, np.ones(canvas_joints.shape[:2], np.float32))
   tx = state_lib.make_optimizer(config)
 
   @jax.jit
@@ -79,7 +80,7 @@ def build_tiny_workdir(workdir, images, joints):
       outputs, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
           mutable=['batch_stats'])
-      loss, _ = steps.compute_loss(model, outputs, targets, weights, config)
+      loss, _ = codec.loss(outputs, targets, weights)
       return loss, updates['batch_stats']
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -174,8 +175,7 @@ def test_joints_follow_the_person_box_in_original_pixels(predictor, lsp_sample):
   np.testing.assert_allclose(out_shifted['joints'] + [dx, dy], out['joints'], atol=1e-3)
   np.testing.assert_allclose(out_shifted['confidence'], out['confidence'], atol=1e-5)
   # center/scale is the same box in the datasets' convention.
-  from jhpe.data import common  # pylint: disable=g-import-not-at-top
-  c, s = common.box_center_scale(box)
+  c, s = geometry.box_center_scale(box)
   out_cs = predictor(image, center=c, scale=s)
   np.testing.assert_allclose(out_cs['joints'], out['joints'], atol=1e-4)
 
@@ -276,7 +276,7 @@ def test_cli_writes_predictions_and_overlays(tmp_path, tiny_workdir, lsp_sample,
     assert np.asarray(record['joints']).shape == (14, 2)
     assert np.asarray(record['confidence']).shape == (14,)
     # The JSON holds what the predictor gives for the file as read back.
-    expected = predictor(predict.read_image(str(path)))
+    expected = predictor(inference.read_image(str(path)))
     np.testing.assert_allclose(record['joints'], expected['joints'], atol=1e-2)
     png = np.asarray(Image.open(record['overlay']).convert('RGB'), np.float32)
     assert png.var() > 0
@@ -309,13 +309,13 @@ def test_read_image_names_unreadable_files(tmp_path):
   broken = tmp_path / 'broken.jpg'
   broken.write_bytes(b'not a jpeg')
   with pytest.raises(ValueError, match='broken.jpg.*not a readable image'):
-    predict.read_image(str(broken))
+    inference.read_image(str(broken))
   with pytest.raises(FileNotFoundError, match='missing.png'):
-    predict.read_image(str(tmp_path / 'missing.png'))
+    inference.read_image(str(tmp_path / 'missing.png'))
   rgba = tmp_path / 'rgba.png'
   pixels = np.random.default_rng(0).integers(0, 255, (9, 7, 4), dtype=np.uint8)
   Image.fromarray(pixels, 'RGBA').save(rgba)
-  np.testing.assert_array_equal(predict.read_image(str(rgba)), pixels[..., :3])
+  np.testing.assert_array_equal(inference.read_image(str(rgba)), pixels[..., :3])
 
 
 def test_restore_snippet_gives_the_predictors_model_outputs(tiny_workdir, predictor,
@@ -335,3 +335,144 @@ def test_restore_snippet_gives_the_predictors_model_outputs(tiny_workdir, predic
   _, config = snippet['build_model'](str(tiny_workdir))
   assert step == predictor.step and config['input_size'] == s
   jax.tree.map(np.testing.assert_array_equal, variables, predictor.variables)
+
+
+# -- One path: the predictor is the evaluation. --
+
+
+def _eval_pipeline_joints(predictor, jpeg_bytes, joints, center, scale):
+  """The evaluation's joints for one stored example: the host pipeline's canvas
+  (`jhpe.data.pipeline.HostTransform`) and the jitted eval step."""
+  from jhpe.data import pipeline  # pylint: disable=g-import-not-at-top
+  record = dict(id='big', image=jpeg_bytes, joints=joints.astype(np.float32),
+                visible=np.ones(len(joints), np.float32),
+                center=np.asarray(center, np.float32), scale=np.float32(scale))
+  transform = pipeline.HostTransform([record], 'lsp', 'test', predictor.input_size,
+                                     (('lsp', 0, 1),))
+  example = transform(0)
+  batch = {k: np.asarray(v)[None] for k, v in example.items()}
+  out = steps_lib.eval_step(predictor.variables, batch, model=predictor.model,
+                            codec=predictor.codec,
+                            flip_permutation=predictor.skeleton.flip_permutation,
+                            flip_test=predictor.flip_test,
+                            test_scales=predictor.test_scales)
+  return example, np.asarray(out['joints'])[0]
+
+
+@pytest.mark.parametrize('upscale', [4, 7])
+def test_large_people_get_the_evaluations_joints(tmp_path, predictor, lsp_sample, upscale):
+  """A person whose box is >= 4x the canvas: jhpe.load(...) on the original image file
+  gives the evaluation pipeline's predictions (same JPEG-draft decode, same crop)."""
+  images, joints = lsp_sample
+  image = np.asarray(Image.fromarray(images[0]).resize(
+      (images[0].shape[1] * upscale, images[0].shape[0] * upscale), Image.BICUBIC))
+  path = tmp_path / 'big.jpg'
+  Image.fromarray(image).save(path, quality=92)
+  big_joints = (joints[0] + 0.5) * upscale - 0.5
+  center, scale = geometry.person_center_scale(big_joints, np.ones(14))
+  assert scale >= 4 * predictor.input_size
+  example, expected = _eval_pipeline_joints(predictor, path.read_bytes(), big_joints,
+                                            center, scale)
+  canvas, _ = predictor.prepare(str(path), center=center, scale=scale)
+  np.testing.assert_array_equal(canvas, example['image'])
+  got = predictor(str(path), center=center, scale=scale)['joints']
+  np.testing.assert_allclose(got, expected, atol=0.01)
+  # The array of the same pixels goes through the box-filter reduce instead of the JPEG
+  # draft: antialiased too, so its canvas stays close (a plain bilinear sample of the
+  # full-size image differed by 7/255 on average on real photos).
+  near, _ = predictor.prepare(inference.read_image(str(path)), center=center, scale=scale)
+  assert np.abs(near.astype(np.float64) - canvas).mean() < 4.0
+
+
+def test_predictor_on_an_exif_photo_is_upright(tmp_path, predictor, lsp_sample):
+  upright = lsp_sample[0][0]
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Stored rotated, as a phone held upright writes it.
+  path = tmp_path / 'phone.jpg'
+  Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(
+      path, quality=100, exif=exif.tobytes())
+  from_file = predictor(str(path))['joints']
+  expected = predictor(inference.read_image(str(path)))['joints']
+  np.testing.assert_allclose(from_file, expected, atol=1e-3)
+  h, w = upright.shape[:2]  # Joints in the upright frame, as the overlay draws them.
+  half = 0.5 * 1.25 * max(h, w) + 1.0
+  assert np.all(np.abs(from_file - [(w - 1) / 2, (h - 1) / 2]) <= half)
+
+
+# -- Test-time settings: the run's own unless overridden. --
+
+
+def test_settings_default_to_the_runs_own_and_can_be_overridden(tiny_workdir, lsp_sample):
+  saved = config_lib.load_config(str(tiny_workdir))
+  default = jhpe.load(str(tiny_workdir))
+  assert (default.flip_test, default.decode, default.test_scales) == (
+      saved.flip_test, saved.decode, tuple(saved.test_scales))
+  changed = jhpe.load(str(tiny_workdir), flip_test=False, decode='taylor',
+                      test_scales=(0.75, 1.0))
+  assert (changed.flip_test, changed.decode, changed.test_scales) == (
+      False, 'taylor', (0.75, 1.0))
+  image = lsp_sample[0][0]
+  assert not np.allclose(changed(image)['joints'], default(image)['joints'], atol=1e-3)
+  only_decode = jhpe.load(str(tiny_workdir), decode='argmax')
+  assert only_decode.flip_test == saved.flip_test and only_decode.decode == 'argmax'
+  with pytest.raises(ValueError, match='--decode=.bogus'):
+    jhpe.load(str(tiny_workdir), decode='bogus')
+  with pytest.raises(ValueError, match='--test_scales'):
+    jhpe.load(str(tiny_workdir), test_scales=(0.0,))
+
+
+def test_a_synthetic_model_warns_on_photos(tiny_workdir, lsp_sample):
+  config = config_lib.load_config(str(tiny_workdir)).replace(dataset='synthetic')
+  base = jhpe.load(str(tiny_workdir))
+  synthetic = predict.Predictor(base.model, base.variables, config, source='quickstart')
+  with pytest.warns(UserWarning, match='synthetic figures only'):
+    synthetic(lsp_sample[0][0])
+  import warnings  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    base(lsp_sample[0][0])  # An LSP-trained model does not warn.
+
+
+def test_cli_settings_folders_and_quiet_output(tmp_path, tiny_workdir, lsp_sample):
+  images, _ = lsp_sample
+  folder = tmp_path / 'mixed'
+  folder.mkdir()
+  Image.fromarray(images[0]).save(folder / 'a.jpg')
+  Image.fromarray(images[1][..., 0]).save(folder / 'b_grey.png')
+  Image.fromarray(np.dstack([images[1], np.full(images[1].shape[:2], 200, np.uint8)]),
+                  'RGBA').save(folder / 'c_rgba.png')
+  (folder / 'notes.txt').write_text('not an image')
+  out_dir = tmp_path / 'out'
+  result = _run_cli(f'--workdir={tiny_workdir}', f'--output={out_dir}', '--decode=taylor',
+                    '--noflip_test', str(folder))
+  assert result.returncode == 0, result.stderr[-3000:]
+  data = json.loads((out_dir / 'predictions.json').read_text())
+  assert data['decode'] == 'taylor' and data['flip_test'] is False
+  assert [os.path.basename(p['image']) for p in data['predictions']] == [
+      'a.jpg', 'b_grey.png', 'c_rgba.png']
+  assert all(p['seconds'] > 0 for p in data['predictions'])
+  # Quiet by default: a header line, one line per image with its time, the JSON path.
+  lines = (result.stdout + result.stderr).strip().splitlines()
+  assert len(lines) <= 6, lines
+  assert sum(' ms' in line for line in lines) == 3
+
+
+def test_cli_never_writes_over_inputs_and_keeps_every_overlay(tmp_path, tiny_workdir):
+  pixels = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+  for folder in ('a', 'b'):
+    (tmp_path / folder).mkdir()
+    Image.fromarray(pixels).save(tmp_path / folder / 'x.jpg')
+  Image.fromarray(pixels).save(tmp_path / 'a' / 'x_pose.png')  # An overlay's name.
+  inputs = [tmp_path / 'a' / 'x.jpg', tmp_path / 'b' / 'x.jpg', tmp_path / 'a' / 'x_pose.png']
+  before = (tmp_path / 'a' / 'x_pose.png').read_bytes()
+  # --output = the images' folder: x.jpg's overlay would be a/x_pose.png, an input.
+  result = _run_cli(f'--workdir={tiny_workdir}', f'--output={tmp_path / "a"}',
+                    *map(str, inputs))
+  assert result.returncode != 0 and 'would replace an input' in result.stderr
+  assert (tmp_path / 'a' / 'x_pose.png').read_bytes() == before
+  out = tmp_path / 'out'
+  result = _run_cli(f'--workdir={tiny_workdir}', f'--output={out}', *map(str, inputs))
+  assert result.returncode == 0, result.stderr[-3000:]
+  data = json.loads((out / 'predictions.json').read_text())
+  overlays = [p['overlay'] for p in data['predictions']]
+  assert len(set(overlays)) == 3 and all(os.path.isfile(o) for o in overlays)

@@ -3,7 +3,6 @@
 import os
 import shutil
 
-import jhpe  # pylint: disable=unused-import  # Before JAX: CPU XLA flags.
 import jax
 import numpy as np
 import orbax.checkpoint as ocp

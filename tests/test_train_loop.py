@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 
-import jhpe  # pylint: disable=unused-import  # Before JAX: CPU XLA flags.
 import numpy as np
 import pytest
 
 from jhpe.train import checkpoint as ckpt
 from jhpe.train import loop
+from jhpe.train import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 32
@@ -232,7 +232,7 @@ def test_nan_stops_with_the_step_and_keeps_good_checkpoints(tiny):
 def test_second_run_in_the_same_workdir_refuses(tiny, tmp_path):
   workdir = tmp_path / "locked"
   workdir.mkdir()
-  with loop.WorkdirLock(str(workdir)):
+  with runtime.WorkdirLock(str(workdir)):
     proc = _run(tiny, workdir)
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
@@ -242,11 +242,11 @@ def test_second_run_in_the_same_workdir_refuses(tiny, tmp_path):
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-  (tmp_path / loop.LOCK_FILENAME).write_text("pid 999999 on elsewhere\n")
-  with loop.WorkdirLock(str(tmp_path)) as lock:
+  (tmp_path / runtime.LOCK_FILENAME).write_text("pid 999999 on elsewhere\n")
+  with runtime.WorkdirLock(str(tmp_path)) as lock:
     assert f"pid {os.getpid()}" in open(lock.path).read()
-    with pytest.raises(loop.WorkdirLockedError):
-      loop.WorkdirLock(str(tmp_path)).acquire()
+    with pytest.raises(runtime.WorkdirLockedError):
+      runtime.WorkdirLock(str(tmp_path)).acquire()
 
 
 class _SigtermDuringEval:

@@ -14,7 +14,8 @@ import pytest
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
-    import jhpe
+    from jhpe import cpu_defaults
+    cpu_defaults.apply()
     import jax
     import numpy as np
     from jhpe.train import config as config_lib, state as state_lib, steps

@@ -2,14 +2,15 @@
 
 import dataclasses
 
-import jhpe  # pylint: disable=unused-import  # Before JAX: CPU XLA flags.
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jhpe import codecs
 from jhpe import geometry
 from jhpe import heatmaps
+from jhpe import inference
 from jhpe import skeletons
 from jhpe.train import config as config_lib
 from jhpe.train import state as state_lib
@@ -109,10 +110,11 @@ def test_without_intermediate_supervision_only_the_last_stage_is_scored():
   outputs = [jnp.asarray(rng.normal(size=(2, 8, 8, 14)), jnp.float32) for _ in range(2)]
   targets = jnp.asarray(rng.uniform(size=(2, 8, 8, 14)), jnp.float32)
   weights = jnp.ones((2, 14))
-  total, per_stage = steps_lib.compute_loss(model, outputs, targets, weights, config)
+  codec = codecs.make_codec(model, config)
+  total, per_stage = steps_lib.stage_loss(codec, outputs, targets, weights)
   assert per_stage.shape == (2,)
-  last_total, last = steps_lib.compute_loss(
-      model, outputs, targets, weights, config.replace(intermediate_supervision=False))
+  last_total, last = steps_lib.stage_loss(codec, outputs, targets, weights,
+                                          intermediate_supervision=False)
   assert last.shape == (1,)
   np.testing.assert_allclose(float(last_total), float(per_stage[1]), rtol=1e-6)
   assert float(total) > float(last_total)
@@ -192,6 +194,7 @@ class _MirrorModel:
   output_kind: str = "heatmap"
   output_stride: int = 4
   num_output_channels: int = 14
+  background_channel: bool = False
 
   def apply(self, variables, images, train=False):
     del variables, train
@@ -215,8 +218,9 @@ def test_eval_step_maps_back_to_original_pixels(flip_test):
   to_original = np.linalg.inv(to_canvas).astype(np.float32)
   batch = dict(image=image, joints=np.zeros((2, 14, 2), np.float32),
                canvas_to_original=to_original)
-  out = steps_lib.eval_step({}, batch, model=model, config=config,
-                            flip_permutation=skeletons.LSP.flip_permutation)
+  out = steps_lib.eval_step({}, batch, model=model, codec=codecs.make_codec(model, config),
+                            flip_permutation=skeletons.LSP.flip_permutation,
+                            flip_test=flip_test)
   expected_canvas = heatmaps.heatmap_to_canvas(np.array(cells, np.float32), stride)
   expected = geometry.apply_affine(to_original, np.repeat(expected_canvas[:, None], 14, 1))
   np.testing.assert_allclose(np.asarray(out["joints"]), expected, atol=1e-3)
@@ -238,9 +242,11 @@ def test_eval_step_decodes_every_stage():
   image[0, 8:12, 12:16, 0] = 255  # Heatmap cell (x, y) = (3, 2).
   batch = dict(image=image, joints=np.zeros((1, 14, 2), np.float32),
                canvas_to_original=np.eye(3, dtype=np.float32)[None])
-  out = steps_lib.eval_step({}, batch, model=_TwoStageModel(),
-                            config=TINY.replace(flip_test=False, decode="argmax"),
-                            flip_permutation=skeletons.LSP.flip_permutation)
+  model = _TwoStageModel()
+  out = steps_lib.eval_step({}, batch, model=model,
+                            codec=codecs.make_codec(model, TINY.replace(decode="argmax")),
+                            flip_permutation=skeletons.LSP.flip_permutation,
+                            flip_test=False)
   stage_joints = np.asarray(out["stage_joints"])
   assert stage_joints.shape == (1, 2, 14, 2)
   np.testing.assert_array_equal(stage_joints[:, -1], np.asarray(out["joints"]))
@@ -266,8 +272,10 @@ def test_multiscale_test_keeps_the_joints_in_place(scales, flip_test):
   images = jnp.asarray(np.repeat(blob[None, :, :, None], 3, -1), jnp.float32)
   config = TINY.replace(input_size=s, flip_test=flip_test, decode="taylor",
                         test_scales=scales)
-  joints, _, maps = steps_lib.predict_canvas(
-      {}, images, model=_PaddedMirrorModel(), config=config,
-      flip_permutation=skeletons.LSP.flip_permutation)
+  model = _PaddedMirrorModel()
+  joints, _, maps = inference.predict_canvas(
+      {}, images, model=model, codec=codecs.make_codec(model, config),
+      flip_permutation=skeletons.LSP.flip_permutation, flip_test=flip_test,
+      test_scales=scales)
   assert maps.shape == (1, s // 4, s // 4, 14)
   np.testing.assert_allclose(np.asarray(joints)[0], np.tile(centre, (14, 1)), atol=0.15)

@@ -46,6 +46,15 @@ def _has_colour(pixels, rgb, tolerance=12):
   return bool(np.any(np.all(np.abs(pixels - target) <= tolerance, axis=-1)))
 
 
+def _legend_labels(legend):
+  return [t.get_text() for t in legend.get_texts()]
+
+
+def _panels(fig):
+  """The image panels (a colour bar's axes shows no image)."""
+  return [ax for ax in fig.axes if ax.get_images()]
+
+
 def _gaussians(joints, size, stride, sigma=1.5):
   """(size/stride, size/stride, J) Gaussians at the joints (heatmap pixels)."""
   n = size // stride
@@ -63,11 +72,19 @@ def test_skeleton_overlay_uses_left_and_right_colours(tmp_path):
   assert pixels.var() > 0
   assert _has_colour(pixels, viz.LEFT_COLOR) and _has_colour(pixels, viz.RIGHT_COLOR)
   assert _has_colour(pixels, viz.CENTER_COLOR)  # Neck to head top.
-  # Without the skeleton none of the three colours is in the picture.
+  # The legend says what is drawn and which colour is which side.
+  [legend] = fig.legends
+  assert _legend_labels(legend) == ['prediction', "person's left", "person's right",
+                                    'centre']
+  # Without the skeleton none of the three colours is in the picture, legend included.
   bare = tmp_path / 'bare.png'
   invisible = np.zeros(14)
-  viz.plot_skeleton(_image(), _pose(), SKELETON, visible=invisible, path=str(bare))
-  assert not _has_colour(_read(bare), viz.LEFT_COLOR)
+  fig = viz.plot_skeleton(_image(), _pose(), SKELETON, visible=invisible, path=str(bare))
+  assert not _has_colour(_read(bare), viz.LEFT_COLOR) and not fig.legends
+  # Only the sides drawn are in the legend; label=None leaves out the first entry.
+  right_only = np.array([n.startswith('right_') for n in SKELETON.joint_names])
+  fig = viz.plot_skeleton(_image(), _pose(), SKELETON, visible=right_only, label=None)
+  assert _legend_labels(fig.legends[0]) == ["person's right"]
 
 
 def test_limb_colours_follow_the_persons_sides():
@@ -75,6 +92,25 @@ def test_limb_colours_follow_the_persons_sides():
   assert viz.limb_color(SKELETON, (i('left_elbow'), i('left_wrist'))) == viz.LEFT_COLOR
   assert viz.limb_color(SKELETON, (i('right_knee'), i('right_ankle'))) == viz.RIGHT_COLOR
   assert viz.limb_color(SKELETON, (i('neck'), i('head_top'))) == viz.CENTER_COLOR
+  # A limb from the midline to one side is on that side; one across the body is midline.
+  assert viz.limb_color(SKELETON, (i('neck'), i('left_shoulder'))) == viz.LEFT_COLOR
+  assert viz.limb_color(SKELETON, (i('right_shoulder'), i('neck'))) == viz.RIGHT_COLOR
+  assert viz.limb_color(SKELETON, (i('left_hip'), i('right_hip'))) == viz.CENTER_COLOR
+  assert viz.limb_color(skeletons.COCO, (skeletons.COCO.index('left_shoulder'),
+                                         skeletons.COCO.index('right_shoulder'))) == \
+      viz.CENTER_COLOR
+
+
+def test_joint_label_is_one_readable_style():
+  assert viz.joint_label('left_wrist') == 'left wrist'
+  assert viz.joint_label('head_top') == 'head top'
+  assert viz.joint_label('upper_neck') == 'upper neck'
+  assert viz.joint_label('nose') == 'nose'
+  # Other spellings of the same joint come out the same.
+  assert viz.joint_label('l_wrist') == 'left wrist'
+  assert viz.joint_label('R-Knee') == 'right knee'
+  assert [viz.joint_label(n) for n in skeletons.MPII.joint_names[6:10]] == [
+      'pelvis', 'thorax', 'upper neck', 'head top']
 
 
 def test_joint_heatmaps_figure_has_figure2_joints(tmp_path):
@@ -82,10 +118,36 @@ def test_joint_heatmaps_figure_has_figure2_joints(tmp_path):
   maps = _gaussians(joints, 64, 4)
   path = tmp_path / 'heatmaps.png'
   fig = viz.plot_joint_heatmaps(image, maps, SKELETON, predictions=joints, path=str(path))
-  titles = [ax.get_title() for ax in fig.axes]
-  assert titles == ['image', 'neck', 'left elbow', 'left wrist', 'right knee',
+  titles = [ax.get_title() for ax in _panels(fig)]
+  assert titles == ['prediction', 'neck', 'left elbow', 'left wrist', 'right knee',
                     'right ankle']
   assert _read(path).var() > 0
+  [legend] = fig.legends  # The first panel's skeleton is explained.
+  assert _legend_labels(legend) == ['prediction', "person's left", "person's right",
+                                    'centre']
+  no_skeleton = viz.plot_joint_heatmaps(image, maps, SKELETON)
+  assert _panels(no_skeleton)[0].get_title() == 'image' and not no_skeleton.legends
+
+
+def test_heatmap_panels_share_one_colour_scale_with_a_colour_bar():
+  image, joints = _image(64, 64), _pose(64, 64)
+  # Each joint's peak has its own height, so per-panel scales would differ.
+  maps = _gaussians(joints, 64, 4) * np.linspace(0.2, 1.0, 14)
+  fig = viz.plot_joint_heatmaps(image, maps, SKELETON, predictions=joints)
+  shown = [SKELETON.index(n) for n in viz.FIGURE2_JOINTS]
+  clims = {ax.get_images()[-1].get_clim() for ax in _panels(fig)[1:]}
+  assert len(clims) == 1
+  [(vmin, vmax)] = clims
+  assert vmin == pytest.approx(maps[..., shown].min())
+  assert vmax == pytest.approx(maps[..., shown].max())
+  [bar_axes] = [ax for ax in fig.axes if not ax.get_images()]
+  assert bar_axes.get_ylim() == pytest.approx((vmin, vmax))
+  # A scale given by the caller (e.g. one for several figures) is used as is.
+  fig = viz.plot_joint_heatmaps(image, maps, SKELETON, vmin=0.0, vmax=2.0)
+  assert {ax.get_images()[-1].get_clim() for ax in _panels(fig)[1:]} == {(0.0, 2.0)}
+  # Flat maps (an untrained model) still get a usable scale.
+  fig = viz.plot_joint_heatmaps(image, np.zeros_like(maps), SKELETON)
+  assert {ax.get_images()[-1].get_clim() for ax in _panels(fig)[1:]} == {(0.0, 1.0)}
   with pytest.raises(ValueError, match="no joint 'left_toe'"):
     viz.plot_joint_heatmaps(image, maps, SKELETON, joints=('left_toe',))
   with pytest.raises(ValueError, match=r'heatmaps must have shape'):
@@ -97,7 +159,7 @@ def test_heatmap_is_drawn_where_the_joint_is():
   image, joints = _image(64, 64), _pose(64, 64)
   fig = viz.plot_joint_heatmaps(image, _gaussians(joints, 64, 4), SKELETON,
                                 joints=('left_wrist',))
-  overlay = fig.axes[1].get_images()[-1]
+  overlay = _panels(fig)[1].get_images()[-1]
   x0, x1, y1, y0 = overlay.get_extent()
   assert (x0, x1, y0, y1) == (-0.5, 63.5, -0.5, 63.5)
   data = np.asarray(overlay.get_array())
@@ -113,8 +175,13 @@ def test_stage_refinement_one_panel_per_stage(tmp_path):
   fig = viz.plot_stage_refinement(image, stages, SKELETON.index('left_wrist'),
                                   joint_name='left_wrist', model_name='hourglass',
                                   path=str(path))
-  assert [ax.get_title() for ax in fig.axes] == ['stage 1', 'stage 2', 'stage 3']
+  assert [ax.get_title() for ax in _panels(fig)] == ['stage 1', 'stage 2', 'stage 3']
+  assert fig.get_suptitle() == 'hourglass: left wrist'
   assert _read(path).var() > 0
+  # One scale over the stages (the peaks differ), shown by one colour bar.
+  clims = {ax.get_images()[-1].get_clim() for ax in _panels(fig)}
+  assert len(clims) == 1 and len(fig.axes) == 4
+  assert clims.pop()[1] == pytest.approx(max(s[..., 11].max() for s in stages))
   with pytest.raises(ValueError, match='joint_index'):
     viz.plot_stage_refinement(image, stages, 14)
 
@@ -123,13 +190,43 @@ def test_pck_curve(tmp_path):
   alphas = np.linspace(0, 0.5, 11)
   path = tmp_path / 'pck.png'
   fig = viz.plot_pck_curve(alphas, {'hourglass': np.sqrt(alphas / 0.5),
-                                    'cpm': alphas / 0.5}, path=str(path))
-  lines = fig.axes[0].get_lines()
-  assert [l.get_label() for l in lines] == ['hourglass', 'cpm']
+                                    'cpm': alphas / 0.5}, path=str(path),
+                           run_name='lsp_hourglass', step=14000)
+  ax = fig.axes[0]
+  assert _legend_labels(ax.get_legend()) == ['hourglass', 'cpm']
+  lines = ax.get_lines()
   np.testing.assert_allclose(lines[1].get_ydata(), alphas / 0.5, rtol=1e-6)
   assert _read(path).var() > 0
+  # The headline threshold: a vertical line at 0.2 and each model's value there.
+  assert _mark_lines(ax) == [0.2]
+  texts = [t.get_text() for t in ax.texts]
+  assert 'PCK@0.2' in texts
+  assert f'{100 * np.sqrt(0.4):.1f}%' in texts and '40.0%' in texts
+  assert 'lsp_hourglass' in ax.get_title() and '14000' in ax.get_title()
   with pytest.raises(ValueError, match="'cpm' must have shape"):
     viz.plot_pck_curve(alphas, {'cpm': alphas[:3]})
+
+
+def _mark_lines(ax):
+  """x of the vertical lines (axvline: two points at one x, spanning the axes)."""
+  return [float(l.get_xdata()[0]) for l in ax.get_lines()
+          if len(l.get_xdata()) == 2 and l.get_xdata()[0] == l.get_xdata()[1]]
+
+
+def test_pck_curve_mark_follows_the_metric_and_the_caller():
+  alphas = np.linspace(0, 0.5, 11)
+  values = {'hg': 100 * alphas / 0.5}  # Percentages work as well as fractions.
+  fig = viz.plot_pck_curve(alphas, values, metric_name='PCKh')
+  ax = fig.axes[0]
+  assert _mark_lines(ax) == [0.5]
+  assert {'PCKh@0.5', '100.0%'} <= {t.get_text() for t in ax.texts}
+  assert ax.get_ylabel() == 'PCKh (%)'
+  assert _mark_lines(viz.plot_pck_curve(alphas, values, mark_alpha=0.1).axes[0]) == [0.1]
+  # Outside the sampled thresholds there is no value to show, so no mark.
+  assert _mark_lines(viz.plot_pck_curve(alphas, values, mark_alpha=0.8).axes[0]) == []
+  # A NaN value (no annotated joint) leaves its annotation out, not the figure.
+  fig = viz.plot_pck_curve(alphas, {'hg': np.full(11, np.nan)}, step=5)
+  assert _mark_lines(fig.axes[0]) == [0.2] and fig.axes[0].get_title() == 'PCK curve: step 5'
 
 
 def test_prediction_grid_shows_best_and_worst(tmp_path):
@@ -146,6 +243,15 @@ def test_prediction_grid_shows_best_and_worst(tmp_path):
   assert titles[3:] == ['worst: im6 -5.00', 'worst: im5 -4.00', 'worst: im4 -3.00']
   pixels = _read(path)
   assert _has_colour(pixels, viz.LEFT_COLOR) and _has_colour(pixels, viz.RIGHT_COLOR)
+  # Ground truth is a dashed white skeleton, the prediction solid; the legend says so.
+  [legend] = fig.legends
+  assert _legend_labels(legend) == ['ground truth', 'prediction', "person's left",
+                                    "person's right", 'centre']
+  dashed = [l for l in fig.axes[0].get_lines() if l.get_linestyle() == '--']
+  assert dashed and all(l.get_color() == viz.GT_COLOR for l in dashed)
+  fig = viz.plot_prediction_grid(images, preds, gts, scores, SKELETON, best_and_worst=1,
+                                 score_name='PCK')
+  assert [ax.get_title() for ax in fig.axes] == ['best: PCK 1.00', 'worst: PCK -5.00']
   # Images on demand: only the six shown are loaded.
   loaded = []
   fig = viz.plot_prediction_grid(lambda i: loaded.append(i) or images[i], preds, gts,
@@ -155,7 +261,7 @@ def test_prediction_grid_shows_best_and_worst(tmp_path):
     viz.plot_prediction_grid(images, preds[:3], gts, scores, SKELETON)
 
 
-def test_save_eval_figures_writes_every_figure_into_workdir(tmp_path):
+def test_save_eval_figures_writes_every_figure_into_workdir(tmp_path, monkeypatch):
   image, joints = _image(64, 64), _pose(64, 64)
   n = 4
   written = viz.save_eval_figures(
@@ -170,6 +276,15 @@ def test_save_eval_figures_writes_every_figure_into_workdir(tmp_path):
   for name, path in written.items():
     assert path == str(tmp_path / 'figures' / f'lsp_test_{name}.png')
     assert _read(path).var() > 0
+  # The run and step reach the PCK curve's title.
+  drawn = []
+  monkeypatch.setattr(viz, 'plot_pck_curve',
+                      lambda *a, **k: drawn.append(k) or mpl_figure.Figure())
+  viz.save_eval_figures(str(tmp_path / 'c'), SKELETON, tag='t', pck_alphas=[0, 0.5],
+                        pck_values_by_model={'hg': [0, 1]}, metric_name='PCKh',
+                        run_name='lsp_hg', step=300, mark_alpha=0.3)
+  assert drawn == [dict(metric_name='PCKh', path=str(tmp_path / 'c/figures/t_pck_curve.png'),
+                        mark_alpha=0.3, run_name='lsp_hg', step=300)]
   # Only what the inputs allow: a single-stage model has no refinement figure.
   only = viz.save_eval_figures(str(tmp_path / 'b'), SKELETON, tag='t',
                                heatmap_example=(image, [_gaussians(joints, 64, 4)], None))

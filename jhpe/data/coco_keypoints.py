@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jhpe import geometry
 from jhpe.data import common
 
 NUM_JOINTS = 17
@@ -174,7 +175,7 @@ class CocoKeypoints(common.PoseBuilder):
       except common.BadExampleError as e:
         counter.handle(e)
         continue
-      center, scale = common.box_center_scale(bbox)
+      center, scale = geometry.box_center_scale(bbox)
       yield i, dict(id=f'{ann["image_id"]}_{ann["id"]}', image=data,
                     joints=joints.astype(np.float32), visible=visible,
                     center=center, scale=scale, bbox=bbox.astype(np.float32),

@@ -1,4 +1,4 @@
-"""Shared pieces of the pose dataset builders: features, checks, archives, person boxes.
+"""Shared pieces of the pose dataset builders: features, checks, archives (person boxes: `jhpe.geometry`).
 
 Every builder stores the same example layout (docs/design.md):
 
@@ -27,16 +27,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-# Person box margin: `scale` = PERSON_MARGIN * the longest side of the annotated joints'
-# bounding box. Joints sit inside the body outline (head top and ankles are its extremes,
-# but hands, feet and hair stick out), so 1.25 leaves room for them; it is the usual margin
-# of top-down pose pipelines.
-PERSON_MARGIN = 1.25
 # A visible joint may lie this many pixels outside the image (annotators click on the
 # border of tightly cropped images); further out is an annotation error.
 OUTSIDE_TOLERANCE_PX = 2.0
-# Smallest person `scale` in pixels; a box of one or two joints is a point.
-MIN_SCALE_PX = 8.0
 
 
 class BadExampleError(ValueError):
@@ -70,31 +63,6 @@ def pose_features(num_joints, **extra):
   }
   features.update(extra)
   return tfds.features.FeaturesDict(features)
-
-
-def person_center_scale(joints, visible, margin=PERSON_MARGIN):
-  """Centre and size of the box around the annotated joints.
-
-  Args:
-    joints: (J, 2) original pixels.
-    visible: (J,) 1 where annotated.
-    margin: `scale` = margin * the longest side of the joints' bounding box.
-
-  Returns:
-    center (2,) float32 and scale () float32.
-  """
-  pts = np.asarray(joints, np.float64)[np.asarray(visible) > 0]
-  lo, hi = pts.min(axis=0), pts.max(axis=0)
-  center = (lo + hi) / 2
-  scale = max(margin * float((hi - lo).max()), MIN_SCALE_PX)
-  return center.astype(np.float32), np.float32(scale)
-
-
-def box_center_scale(box, margin=PERSON_MARGIN):
-  """Centre and size of a person box (x, y, w, h) in pixels, as `person_center_scale`."""
-  x, y, w, h = [float(v) for v in box]
-  center = np.array([x + w / 2 - 0.5, y + h / 2 - 0.5], np.float32)
-  return center, np.float32(max(margin * max(w, h), MIN_SCALE_PX))
 
 
 def image_size(data, where):

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from jhpe import geometry
 from jhpe.data import common
 
 LSP_URL = 'http://sam.johnson.io/research/lsp_dataset.zip'
@@ -100,7 +101,7 @@ class _LeedsBuilder(common.PoseBuilder):
       except common.BadExampleError as e:
         counter.handle(e)
         continue
-      center, scale = common.person_center_scale(pts, visible)
+      center, scale = geometry.person_center_scale(pts, visible)
       yield n, dict(id=name, image=data, joints=pts.astype(np.float32),
                     visible=visible.astype(np.float32), center=center, scale=scale,
                     **extra)

@@ -1,6 +1,7 @@
 """The host side of the input pipeline: TFDS array_record -> grain -> canvas batches.
 
-The host only reads, decodes and cuts a fixed canvas around each person; the random
+The host only reads, decodes and cuts a fixed canvas around each person (with
+`jhpe.inference.load_canvas`, the predictor's crop too); the random
 augmentation (affine warp, flip, colour) and the target heatmaps run on the device inside
 the jitted step (`jhpe.data.augment`, `jhpe.heatmaps`). No TensorFlow is needed: examples
 come from `builder.as_data_source` (array_record files) and grain batches them.
@@ -23,15 +24,14 @@ padding the last batch. The iterator is grain's: `it = iter(loader)`, `it.get_st
 """
 
 import dataclasses
-import io
 import logging
 import math
 
 import grain
 import numpy as np
-from PIL import Image
 
 from jhpe import geometry
+from jhpe import inference
 from jhpe.data import registry
 
 
@@ -116,55 +116,6 @@ def _split_by_dataset(dataset, source, records):
                    for key in part[0] if key not in ('id', 'image')}
 
 
-def decode_image(data, where, min_size=None):
-  """JPEG bytes -> PIL RGB image, optionally JPEG-downscaled (draft) to >= min_size.
-
-  Returns:
-    (image, factor): `factor` (fx, fy) original pixels per decoded pixel (1 without draft).
-  """
-  try:
-    img = Image.open(io.BytesIO(data))
-    full = img.size
-    if min_size is not None:
-      img.draft('RGB', (max(1, int(min_size[0])), max(1, int(min_size[1]))))
-    img = img.convert('RGB')
-  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError...
-    raise ValueError(f'{where}: cannot decode the image ({type(e).__name__}: {e}).') from e
-  return img, (full[0] / img.size[0], full[1] / img.size[1])
-
-
-def _pixel_scale(fx, fy):
-  """Decoded-pixel -> original-pixel map of a downscale by (fx, fy), pixel centres."""
-  return np.array([[fx, 0., 0.5 * fx - 0.5], [0., fy, 0.5 * fy - 0.5], [0., 0., 1.]])
-
-
-def crop(image, center, scale, canvas_size, factor=(1., 1.)):
-  """Cuts the S x S canvas around a person (bilinear).
-
-  Args:
-    image: PIL image (possibly decoded at 1/factor of the original size).
-    center: (2,) person centre, original pixels.
-    scale: person size, original pixels: mapped onto the canvas side.
-    canvas_size: S.
-    factor: original pixels per decoded pixel (fx, fy).
-
-  Returns:
-    canvas uint8 (S, S, 3) and original_to_canvas (3, 3) float64.
-  """
-  m = np.asarray(geometry.crop_matrix(np.asarray(center, np.float64),
-                                      np.float64(scale), canvas_size), np.float64)
-  decoded_to_canvas = m @ _pixel_scale(*factor)
-  canvas_to_decoded = np.linalg.inv(decoded_to_canvas)
-  # PIL samples in pixel-corner coordinates (pixel i covers [i, i+1]); ours put pixel
-  # centres at integers, hence the half-pixel shifts on both sides.
-  shift = np.array([[1., 0., 0.5], [0., 1., 0.5], [0., 0., 1.]])
-  unshift = np.array([[1., 0., -0.5], [0., 1., -0.5], [0., 0., 1.]])
-  pil = shift @ canvas_to_decoded @ unshift
-  out = image.transform((canvas_size, canvas_size), Image.AFFINE,
-                        tuple(pil[:2].reshape(-1)), resample=Image.BILINEAR)
-  return np.asarray(out, np.uint8), m
-
-
 @dataclasses.dataclass
 class HostTransform:
   """Position in the split -> one canvas example (see the module docstring)."""
@@ -225,14 +176,8 @@ class HostTransform:
       raise ValueError(f'{where}: bad person box (center {center.tolist()}, scale {scale}).')
     if not np.any(visible > 0):
       raise ValueError(f'{where}: no annotated joint (all invisible).')
-    # Decode at the smallest JPEG scale that still gives >= 1 pixel per canvas pixel.
-    img, factor = decode_image(record['image'], where)
-    if scale / self.canvas_size >= 2 and max(factor) == 1:
-      ratio = self.canvas_size / scale
-      img, factor = decode_image(
-          record['image'], where,
-          min_size=(math.ceil(img.size[0] * ratio), math.ceil(img.size[1] * ratio)))
-    canvas, m = crop(img, center, scale, self.canvas_size, factor)
+    # The crop the predictor makes too (jhpe.inference): one way from a file to a canvas.
+    canvas, m = inference.load_canvas(record['image'], center, scale, self.canvas_size, where)
     canvas_joints = geometry.apply_affine(m, joints)
     fields = {k: np.asarray(v)[None] for k, v in record.items() if k not in ('id', 'image')}
     normaliser = registry.normaliser(self._name_of(index), fields)[0]

@@ -7,42 +7,48 @@ also accepts a '+' of several (`lsp+lspet`: concatenated, for the usual LSP trai
 import contextlib
 import dataclasses
 import fcntl
+import importlib
 import os
 
 import numpy as np
-
-from jhpe.data import coco_keypoints
-from jhpe.data import lsp
-from jhpe.data import mpii
-from jhpe.data import synthetic
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """What the rest of jhpe needs to know about a dataset.
 
+  Importing this module is light: the builders (which import tensorflow_datasets) are named
+  by their import path and loaded on first use of `builder_cls`, so the predictor and the
+  train step can ask for a skeleton or a metric without TFDS.
+
   Attributes:
-    builder_cls: the TFDS builder class.
+    builder: 'module:Class' of the TFDS builder (`builder_cls` imports it).
     skeleton: name for `jhpe.skeletons.get_skeleton`.
     normaliser: the per-person metric normaliser: 'torso' (PCK, LSP), 'head' (PCKh,
       0.6 x the head box diagonal, MPII) or 'area' (sqrt of the instance area, COCO).
     metric: the headline metric.
     eval_split: the split the papers report on.
   """
-  builder_cls: type
+  builder: str
   skeleton: str
   normaliser: str
   metric: str
   eval_split: str
 
+  @property
+  def builder_cls(self) -> type:
+    module, _, name = self.builder.partition(':')
+    return getattr(importlib.import_module(module), name)
+
 
 DATASETS = {
-    'lsp': DatasetSpec(lsp.Lsp, 'lsp', 'torso', 'pck@0.2', 'test'),
-    'lspet': DatasetSpec(lsp.Lspet, 'lsp', 'torso', 'pck@0.2', 'train'),
-    'mpii': DatasetSpec(mpii.Mpii, 'mpii', 'head', 'pckh@0.5', 'validation'),
-    'coco_keypoints': DatasetSpec(
-        coco_keypoints.CocoKeypoints, 'coco', 'area', 'oks_ap', 'validation'),
-    'synthetic': DatasetSpec(synthetic.Synthetic, 'lsp', 'torso', 'pck@0.2', 'test'),
+    'lsp': DatasetSpec('jhpe.data.lsp:Lsp', 'lsp', 'torso', 'pck@0.2', 'test'),
+    'lspet': DatasetSpec('jhpe.data.lsp:Lspet', 'lsp', 'torso', 'pck@0.2', 'train'),
+    'mpii': DatasetSpec('jhpe.data.mpii:Mpii', 'mpii', 'head', 'pckh@0.5', 'validation'),
+    'coco_keypoints': DatasetSpec('jhpe.data.coco_keypoints:CocoKeypoints', 'coco', 'area',
+                                  'oks_ap', 'validation'),
+    'synthetic': DatasetSpec('jhpe.data.synthetic:Synthetic', 'lsp', 'torso', 'pck@0.2',
+                             'test'),
 }
 
 def split_name(name):

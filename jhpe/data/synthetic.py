@@ -32,6 +32,7 @@ from PIL import ImageDraw
 from PIL import ImageFilter
 import tensorflow_datasets as tfds
 
+from jhpe import geometry
 from jhpe.data import common
 
 NUM_JOINTS = 14
@@ -303,7 +304,7 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
       image, joints, occluded = render_example(
           rng, c.image_size, (c.min_clutter, c.max_clutter), c.occluder_prob, c.blur_prob)
       visible = np.ones(NUM_JOINTS, np.float32)
-      center, scale = common.person_center_scale(joints, visible)
+      center, scale = geometry.person_center_scale(joints, visible)
       yield i, dict(id=f'{"train" if split == 0 else "test"}_{i:06d}',
                     image=encode_jpeg(image), joints=joints, visible=visible,
                     center=center, scale=scale, occluded=occluded)

@@ -91,6 +91,8 @@ class CPM(nn.Module):
 
   output_kind = "heatmap"
   output_stride = 8
+  # The last output channel is the background belief (P + 1 maps, as the paper).
+  background_channel = True
   input_multiple = 8
 
   def __post_init__(self):
@@ -105,7 +107,7 @@ class CPM(nn.Module):
 
   @property
   def num_output_channels(self) -> int:
-    return self.num_joints + 1
+    return self.num_joints + int(self.background_channel)
 
   def _ch(self, c: int) -> int:
     return layers.scaled_channels(c, self.width)

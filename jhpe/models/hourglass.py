@@ -83,6 +83,7 @@ class StackedHourglass(nn.Module):
 
   output_kind = "heatmap"
   output_stride = 4
+  background_channel = False  # See `jhpe.codecs.make_codec`.
 
   def __post_init__(self):
     layers.check_positive("num_joints", self.num_joints)

@@ -76,11 +76,11 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
       preservation_policy=policy, enable_async_checkpointing=async_save,
       create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
   handlers = {"state": ocp.StandardCheckpointHandler()}
-  try:
+  if not read_only:
+    # Only training saves and resumes the data iterator; readers (the predictor, the
+    # evaluation) restore `state` alone and need not import grain.
     import grain  # pylint: disable=g-import-not-at-top
     handlers["data_iter"] = grain.checkpoint.CheckpointHandler()
-  except ImportError:  # pragma: no cover - grain is a dependency.
-    pass
   return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers,
                                options=options)
 
@@ -257,3 +257,32 @@ def check_variables(path: str, variables: dict, abstract_variables: dict) -> Non
             "batch_stats": abstract_variables.get("batch_stats", {})}
   _check_shapes(path, {"params": variables["params"],
                        "batch_stats": variables.get("batch_stats", {})}, target)
+
+
+def load_model(workdir: str, which: Union[str, int] = "latest", overrides=None):
+  """THE restore: a workdir's config, model and checkpointed variables, checked.
+
+  `jhpe.load` (the predictor) and `experiments.evaluate` both restore through here.
+
+  Args:
+    workdir: a training workdir (config.json, checkpoints/) or a shipped model's folder.
+    which: 'latest', 'best' or a step number.
+    overrides: Config fields to replace (test-time settings: decode, flip_test, ...).
+
+  Returns:
+    (config, model, variables {'params', 'batch_stats'} as numpy, step).
+
+  Raises:
+    ValueError naming the path: no or a bad config.json. CheckpointError (a ValueError):
+    no checkpoint, or one of another model or size (the message names the array).
+  """
+  from jhpe.models import summary  # pylint: disable=g-import-not-at-top
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(workdir)
+  if overrides:
+    config = config.replace(**overrides)
+  model = config_lib.build_model(config)
+  variables, step = restore_variables(workdir, which)
+  check_variables(os.path.join(checkpoint_dir(workdir), str(step)), variables,
+                  summary.abstract_variables(model, config.input_size))
+  return config, model, variables, step

@@ -1,6 +1,8 @@
 """The experiment configuration: one frozen dataclass holding every flag.
 
-A `Config` is built by `experiments/common.py` from absl flags, written to
+Each field carries its flag's help text and allowed values (`_field`);
+`experiments/common.py` generates one absl flag per field from them (its kind from the
+field's type) and builds the `Config` from the parsed flags. A `Config` is written to
 `<workdir>/config.json` by the training loop and read back by `load_config(workdir)` (the
 predictor, the evaluation entry point and a resumed run all rebuild the model from it).
 
@@ -11,6 +13,7 @@ into a run, and raises a ValueError of one line naming the flag and what is allo
 import dataclasses
 import json
 import os
+import typing
 from typing import Any, Optional
 
 CONFIG_FILENAME = "config.json"
@@ -28,71 +31,93 @@ _COUNT_KWARGS = ("num_stacks", "num_stages", "depth", "num_modules", "num_featur
                  "num_blocks")
 
 
+def _field(default, help_text: str, choices: Optional[tuple] = None):
+  """A Config field with its flag's help text and allowed values (`choices`).
+
+  The one place a hyper-parameter is written: experiments/common.py makes the absl flag
+  from it (name, type, default, help, choices) and `Config.validate` checks the choices.
+  """
+  metadata = {"help": help_text}
+  if choices is not None:
+    metadata["choices"] = choices
+  return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Every setting of a training or evaluation run (the absl flags, one to one).
 
-  Attributes are grouped as the flags are; `model_kwargs` holds the family's own
-  hyper-parameters (e.g. `num_stacks` for the hourglass), passed to
-  `jhpe.models.get_model(model, **model_kwargs)`.
+  Each field but `model` and `model_kwargs` is the flag of its name (`flag_fields()`), its
+  help text and allowed values in the field's metadata: adding a hyper-parameter is one
+  `_field(...)` line here. `model` is the entry point's family; `model_kwargs` holds the
+  family's own hyper-parameters (e.g. `num_stacks` for the hourglass, flags of
+  experiments/<family>.py), passed to `jhpe.models.get_model(model, **model_kwargs)`.
   """
   # Model.
-  model: str = "hourglass"
+  model: str = dataclasses.field(default="hourglass", metadata={"choices": MODELS})
   model_kwargs: dict = dataclasses.field(default_factory=dict)
-  # BatchNorm statistics over the whole global batch (cross-device) instead of per device.
-  sync_batch_norm: bool = False
-  dtype: str = "float32"
+  sync_batch_norm: bool = _field(
+      False, "BatchNorm statistics over the global batch (cross-device) instead of per "
+      "device.")
+  dtype: str = _field("float32", "Compute dtype (parameters stay float32).", DTYPES)
   # Data.
-  dataset: str = "synthetic"  # The evaluation dataset.
-  train_dataset: str = ""  # '' = `dataset`; several joined by '+', e.g. 'lsp+lspet'.
-  train_split: str = "train"
-  eval_split: str = "test"
-  data_dir: str = ""  # TFDS data dir; '' = TFDS default.
-  manual_dir: str = ""  # Where the official archives are.
-  input_size: int = 256
-  batch_size: int = 16  # Global, over all devices and hosts.
-  eval_batch_size: int = 0  # 0 = batch_size.
-  num_eval_examples: int = 0  # 0 = the whole split.
-  num_workers: int = 0  # grain worker processes; 0 = in the main process.
-  skip_bad_examples: bool = False
+  dataset: str = _field("synthetic", "Evaluation dataset, e.g. lsp, mpii, synthetic, "
+                        "synthetic/tiny.")
+  train_dataset: str = _field("", "Training dataset(s) joined by '+', e.g. lsp+lspet "
+                              "('' = --dataset).")
+  train_split: str = _field("train", "Training split.")
+  eval_split: str = _field("test", "Evaluation split.")
+  data_dir: str = _field("", "TFDS data dir ('' = $TFDS_DATA_DIR or "
+                         "~/tensorflow_datasets).")
+  manual_dir: str = _field("", "Folder of the official archives.")
+  input_size: int = _field(256, "Canvas side S in pixels.")
+  batch_size: int = _field(16, "Global batch size (all devices and hosts).")
+  eval_batch_size: int = _field(0, "Global eval batch size (0 = --batch_size).")
+  num_eval_examples: int = _field(0, "Evaluate the first N examples (0 = the whole split).")
+  num_workers: int = _field(0, "grain worker processes (0 = in the main process).")
+  skip_bad_examples: bool = _field(False, "Skip and count corrupt or badly annotated "
+                                   "examples.")
   # Augmentation (device side; see jhpe.data.augment).
-  aug_rotation: float = 30.0  # Degrees, uniform in +-.
-  aug_scale: float = 0.25  # Scale in 1 +- this.
-  aug_translate: float = 0.0  # Fraction of the canvas.
-  aug_flip: bool = True
-  aug_color: float = 0.2  # Multiplicative colour jitter per channel, 1 +- this.
+  aug_rotation: float = _field(30.0, "Rotation range, +- degrees (uniform).")
+  aug_scale: float = _field(0.25, "Scale range, 1 +- this.")
+  aug_translate: float = _field(0.0, "Shift range, fraction of S.")
+  aug_flip: bool = _field(True, "Random horizontal flips.")
+  aug_color: float = _field(0.2, "Multiplicative colour jitter, 1 +- this per channel.")
   # Targets, decoding and evaluation.
-  sigma: float = 1.0  # Gaussian std in heatmap pixels.
-  regression_loss: str = "l2"
-  # Loss on every stage's output (the papers' intermediate supervision); False trains on the
-  # last stage's loss alone (the ablation both the hourglass and the CPM papers discuss).
-  intermediate_supervision: bool = True
-  decode: str = "quarter"
-  flip_test: bool = True
-  # Multi-scale testing (the CPM benchmark's scale search): each stage's heatmaps averaged
-  # over the canvas resized by every factor; (1.0,) = the canvas as is. Heatmap models only.
-  test_scales: tuple = (1.0,)
+  sigma: float = _field(1.0, "Target Gaussian std, heatmap pixels.")
+  regression_loss: str = _field("l2", "DeepPose loss.", REGRESSION_LOSSES)
+  # False is the ablation both the hourglass and the CPM papers discuss.
+  intermediate_supervision: bool = _field(
+      True, "Loss on every stage (True, as the papers) or on the last stage only.")
+  decode: str = _field("quarter", "Heatmap decoding.", DECODE_METHODS)
+  flip_test: bool = _field(True, "Average with the mirrored image.")
+  # The CPM benchmark's scale search.
+  test_scales: tuple[float, ...] = _field(
+      (1.0,), "Multi-scale testing: heatmaps averaged over the canvas resized by each "
+      "factor, e.g. 0.8,1,1.2 (1 = off; heatmap models only).")
   # Optimisation.
-  optimizer: str = "rmsprop"
-  learning_rate: float = 2.5e-4
-  momentum: float = 0.9  # SGD.
-  schedule: str = "constant"
-  warmup_steps: int = 0
-  decay_steps: tuple = ()  # 'step': the steps at which the rate is multiplied by decay_factor.
-  decay_factor: float = 0.1
-  grad_clip: float = 0.0  # Global-norm clipping; 0 = off.
-  weight_decay: float = 0.0
-  ema_decay: float = 0.0  # 0 = no EMA of the parameters.
-  num_train_steps: int = 1000
+  optimizer: str = _field("rmsprop", "Optimiser.", OPTIMIZERS)
+  learning_rate: float = _field(2.5e-4, "Peak learning rate.")
+  momentum: float = _field(0.9, "SGD momentum.")
+  schedule: str = _field("constant", "Decay schedule.", SCHEDULES)
+  warmup_steps: int = _field(0, "Linear warm-up steps.")
+  decay_steps: tuple[int, ...] = _field(
+      (), "Steps where --schedule=step multiplies the rate by --decay_factor.")
+  decay_factor: float = _field(0.1, "Step decay factor.")
+  grad_clip: float = _field(0.0, "Global-norm clipping (0 = off).")
+  weight_decay: float = _field(0.0, "Weight decay (0 = off).")
+  ema_decay: float = _field(0.0, "EMA of the params (0 = off).")
+  num_train_steps: int = _field(1000, "Training steps.")
   # Bookkeeping.
-  log_every: int = 50
-  eval_every: int = 0  # 0 = only at the end.
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  async_checkpoints: bool = True
-  seed: int = 0
-  nan_policy: str = "stop"
-  parallel: str = "pmap"
+  log_every: int = _field(50, "Steps between metric records.")
+  eval_every: int = _field(0, "Steps between evaluations (0 = end).")
+  checkpoint_every: int = _field(500, "Steps between saves.")
+  keep_checkpoints: int = _field(3, "Latest checkpoints kept (plus the best by validation "
+                                 "PCK).")
+  async_checkpoints: bool = _field(True, "Save in the background.")
+  seed: int = _field(0, "Seed of the init, shuffling and augmentation.")
+  nan_policy: str = _field("stop", "On NaN/Inf: stop, or skip the update.", NAN_POLICIES)
+  parallel: str = _field("pmap", "pmap or shard_map.", PARALLEL)
 
   # -- Derived values. --
 
@@ -117,10 +142,11 @@ class Config:
     unknown = sorted(set(data) - names)
     if unknown:
       raise ValueError(f"{source}: unknown config keys {unknown}; known: {sorted(names)}.")
-    if "decay_steps" in data:
-      data["decay_steps"] = tuple(int(s) for s in data["decay_steps"])
-    if "test_scales" in data:
-      data["test_scales"] = tuple(float(s) for s in data["test_scales"])
+    # JSON has lists: back to the tuples of the fields' item type.
+    for field in dataclasses.fields(cls):
+      kind = tuple_item_type(field)
+      if kind is not None and field.name in data:
+        data[field.name] = tuple(kind(v) for v in data[field.name])
     return cls(**data)
 
   def replace(self, **kwargs) -> "Config":
@@ -149,17 +175,12 @@ class Config:
         raise ValueError(f"--{flag}={value!r}: expected an integer >= "
                          f"{0 if zero_ok else 1}.")
 
-    allowed("model", self.model, MODELS)
-    allowed("dtype", self.dtype, DTYPES)
+    for field in dataclasses.fields(self):
+      if "choices" in field.metadata:
+        allowed(field.name, getattr(self, field.name), field.metadata["choices"])
     _check_dataset("dataset", self.dataset)
     for name in self.train_datasets:
       _check_dataset("train_dataset", name)
-    allowed("optimizer", self.optimizer, OPTIMIZERS)
-    allowed("schedule", self.schedule, SCHEDULES)
-    allowed("decode", self.decode, DECODE_METHODS)
-    allowed("nan_policy", self.nan_policy, NAN_POLICIES)
-    allowed("parallel", self.parallel, PARALLEL)
-    allowed("regression_loss", self.regression_loss, REGRESSION_LOSSES)
     for flag in ("input_size", "batch_size", "num_train_steps", "log_every",
                  "checkpoint_every", "keep_checkpoints"):
       positive(flag, getattr(self, flag))
@@ -200,6 +221,22 @@ class Config:
       raise ValueError(f"{scales_flag}: multi-scale testing averages heatmaps; "
                        f"--model={self.model} regresses coordinates (use --test_scales=1.0).")
     return self
+
+
+# Not flags: the entry point is the model family, and each family defines its own flags.
+_NOT_FLAGS = ("model", "model_kwargs")
+
+
+def flag_fields() -> tuple:
+  """The `Config` fields that are absl flags of the same name (all but `_NOT_FLAGS`)."""
+  return tuple(f for f in dataclasses.fields(Config) if f.name not in _NOT_FLAGS)
+
+
+def tuple_item_type(field: dataclasses.Field) -> Optional[type]:
+  """`int` for a `tuple[int, ...]` field (`float` for floats...); None if not a tuple."""
+  if typing.get_origin(field.type) is not tuple:
+    return None
+  return typing.get_args(field.type)[0]
 
 
 def _check_dataset(flag, name):
@@ -248,12 +285,8 @@ def check_workdir(workdir: str) -> None:
 
 
 def save_config(config: Config, workdir: str) -> str:
-  path = os.path.join(workdir, CONFIG_FILENAME)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json() + "\n")
-  os.replace(tmp, path)  # Atomic: a reader never sees half a file.
-  return path
+  from jhpe import files  # pylint: disable=g-import-not-at-top
+  return files.write_atomic(os.path.join(workdir, CONFIG_FILENAME), config.to_json() + "\n")
 
 
 # Settings a resumed run may change: how long, how often to log / save / evaluate, where

@@ -1,11 +1,9 @@
 """Evaluation: predictions on a dataset split, metrics, eval files, the table, figures.
 
 `evaluate(...)` runs the jitted eval step (flip test, decode, back to original pixels)
-over every example of a split and scores it with the dataset's metric: PCK@0.2 with the
-torso normaliser (LSP and the synthetic set), PCKh@0.5 (MPII; the headline is the mean
-without pelvis and thorax, as the MPII table), plus strict PCP where the skeleton defines
-PCP parts, and where the misses go (`metrics.error_types`: left/right inversions, jitter,
-far misses). `write_eval_files` writes the workdir contract:
+over every example of a split and scores it with the dataset's evaluator
+(`jhpe.train.evaluators`: PCK@0.2 or PCKh@0.5, strict PCP, error types, stages, curve).
+`write_eval_files` writes the workdir contract:
 
   eval/<dataset>_<split>.json              {'dataset', 'split', 'step', 'checkpoint',
                                             'metric', 'mean', 'per_joint', 'pcp',
@@ -14,7 +12,6 @@ far misses). `write_eval_files` writes the workdir contract:
                                              'confidence' (J,)}, ...]
 """
 
-import json
 import logging
 import math
 import os
@@ -23,12 +20,13 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from jhpe import metrics as metrics_lib
+from jhpe import files
+from jhpe import inference
 from jhpe import skeletons as skeletons_lib
+from jhpe.train import evaluators
 from jhpe.train import steps as steps_lib
 from jhpe.train.config import Config
 
-PCK_CURVE_ALPHAS = tuple(np.round(np.linspace(0.0, 0.5, 26), 3).tolist())
 NUM_GRID_EXAMPLES = 4  # Best and worst examples kept for the figure.
 
 
@@ -45,16 +43,6 @@ def eval_tag(results: dict) -> str:
 def dataset_tag(dataset: str, split: str) -> str:
   """'synthetic/tiny', 'test' -> 'synthetic_tiny_test' (a file-name-safe tag)."""
   return f"{dataset}_{split}".replace("/", "_").replace("+", "_")
-
-
-def metric_spec(dataset: str) -> tuple[str, float, str]:
-  """(metric name, alpha, table name) of the evaluation dataset."""
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
-  spec = registry.get_spec(dataset)
-  if spec.normaliser == "head":
-    return "pckh", 0.5, "PCKh@0.5"
-  # COCO's headline is OKS AP; here it is scored as PCK@0.2 with sqrt(area) instead.
-  return "pck", 0.2, "PCK@0.2"
 
 
 def skeleton_of(dataset: str) -> skeletons_lib.Skeleton:
@@ -79,13 +67,6 @@ def _gather(tree):
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
   return jax.tree.map(np.asarray, tree)
-
-
-def _example_scores(pred, gt, visible, normaliser, alpha):
-  """Per-example fraction of annotated joints within alpha x normaliser (N,)."""
-  err = np.linalg.norm(pred - gt, axis=-1)
-  hit = (err <= alpha * normaliser[:, None]) & (visible > 0)
-  return hit.sum(1) / np.maximum((visible > 0).sum(1), 1)
 
 
 def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str,
@@ -115,7 +96,7 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   mesh = mesh or steps_lib.make_mesh()
   skeleton = skeleton_of(dataset)
   loader = loader or make_eval_loader(config, dataset, split)
-  metric, alpha, metric_title = metric_spec(dataset)
+  evaluator = evaluators.for_dataset(dataset)
   eval_fn = steps_lib.make_eval_step(model, config, skeleton.flip_permutation, mesh)
   variables = steps_lib.replicate_mesh(
       {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
@@ -149,7 +130,7 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
     if collect_figures and jax.process_index() == 0:
       # The gathered arrays hold every process's rows in process order; the grid pairs
       # them with this process's own batch (its canvases), so it takes this process's rows.
-      _keep_grid_examples(grid, batch, _local_rows(out, local_batch), alpha)
+      _keep_grid_examples(grid, batch, _local_rows(out, local_batch), evaluator)
   res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   keep = (res["valid"] > 0) & (res["index"] >= 0)
   if num_examples:
@@ -161,41 +142,14 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   visible = res["visible"] * (res["normaliser"] > 0)[:, None]
   pred, gt = res["joints"], res["gt_joints"]
 
-  def score(joints):  # (table, headline mean) of predictions (N, J, 2).
-    if metric == "pckh":
-      table = metrics_lib.pckh_table(joints, gt, visible, res["normaliser"], skeleton,
-                                     alpha)
-      return table, table.get("mean_without_pelvis_thorax", table["mean"])
-    table = metrics_lib.pck_table(joints, gt, visible, res["normaliser"], skeleton, alpha)
-    return table, table["mean"]
-
-  table, mean = score(pred)
   results = {
-      "dataset": dataset, "split": split, "metric": metric_title, "mean": _num(mean),
-      "per_joint": {k: _num(v) for k, v in table.items()},
+      "dataset": dataset, "split": split,
+      **evaluator.score(pred, gt, visible, res["normaliser"], skeleton,
+                        stage_joints=res["stage_joints"]),
       "num_examples": int(len(res["index"])),
       "flip_test": config.flip_test, "decode": config.decode,
       "test_scales": list(config.test_scales),
   }
-  if skeleton.pcp_limbs:
-    pcp = metrics_lib.pcp(pred, gt, visible, skeleton)
-    results["pcp"] = {k: _num(v) for k, v in pcp.items()}
-  # Where the misses go: left/right inversions, near misses (jitter), far misses.
-  types = metrics_lib.error_types(pred, gt, visible, res["normaliser"], skeleton, alpha)
-  results["error_types"] = {kind: {k: _num(v) for k, v in table.items()}
-                            for kind, table in types.items()}
-  # Every stage decoded alike (CPM's beliefs, each hourglass, each cascade stage): does
-  # each stage refine the one before? The last entry repeats `mean` and `pcp`.
-  results["per_stage"] = [
-      {"stage": t + 1, "mean": _num(score(res["stage_joints"][:, t])[1]),
-       **({"pcp": _num(metrics_lib.pcp(res["stage_joints"][:, t], gt, visible,
-                                       skeleton)["mean"])} if skeleton.pcp_limbs else {})}
-      for t in range(res["stage_joints"].shape[1])]
-  curve_joints, curve_mean = metrics_lib.pck_curve(pred, gt, visible, res["normaliser"],
-                                                   np.asarray(PCK_CURVE_ALPHAS))
-  del curve_joints
-  results["pck_curve"] = {"alphas": list(PCK_CURVE_ALPHAS),
-                          "mean": [_num(v) for v in curve_mean]}
   try:
     ids = loader.ids()
   except Exception:  # pylint: disable=broad-except  # Ids are a convenience.
@@ -208,13 +162,8 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   figure_inputs = {}
   if collect_figures and grid:
     figure_inputs = _figure_inputs(grid, ids, variables, model, config, skeleton,
-                                   results, metric)
+                                   results, evaluator)
   return results, predictions, figure_inputs
-
-
-def _num(x) -> Optional[float]:
-  x = float(x)
-  return None if math.isnan(x) else x
 
 
 def _local_rows(tree, local_batch: int):
@@ -223,20 +172,20 @@ def _local_rows(tree, local_batch: int):
   return jax.tree.map(lambda x: x[start:start + local_batch], tree)
 
 
-def _keep_grid_examples(grid, batch, out, alpha):
+def _keep_grid_examples(grid, batch, out, evaluator):
   """Keeps the NUM_GRID_EXAMPLES best and worst examples (canvas coordinates).
 
   Args:
     grid: the kept examples so far (updated in place).
     batch: this process's host batch (B, ...).
     out: the eval step's outputs for the same B examples (`joints`, `gt_joints`).
-    alpha: the metric's threshold.
+    evaluator: scores each example (`jhpe.train.evaluators`).
   """
   to_canvas = np.linalg.inv(batch["canvas_to_original"].astype(np.float64))
   pred_c = np.einsum("bij,bkj->bki", to_canvas[:, :2, :2], out["joints"]) + \
       to_canvas[:, None, :2, 2]
-  scores = _example_scores(out["joints"], out["gt_joints"], batch["visible"],
-                           batch["normaliser"], alpha)
+  scores = evaluator.example_scores(out["joints"], out["gt_joints"], batch["visible"],
+                                    batch["normaliser"])
   for b in range(len(scores)):
     if batch["valid"][b] > 0 and batch["index"][b] >= 0 and batch["normaliser"][b] > 0:
       grid.append((float(scores[b]), batch["image"][b], pred_c[b], batch["joints"][b],
@@ -246,7 +195,7 @@ def _keep_grid_examples(grid, batch, out, alpha):
     del grid[NUM_GRID_EXAMPLES:len(grid) - NUM_GRID_EXAMPLES]
 
 
-def _figure_inputs(grid, ids, variables, model, config, skeleton, results, metric):
+def _figure_inputs(grid, ids, variables, model, config, skeleton, results, evaluator):
   """Arguments of `jhpe.viz.save_eval_figures` (canvas pixels throughout)."""
   order = sorted(grid, key=lambda g: -g[0])
   inputs = dict(
@@ -257,11 +206,11 @@ def _figure_inputs(grid, ids, variables, model, config, skeleton, results, metri
       pck_alphas=np.asarray(results["pck_curve"]["alphas"]),
       pck_values_by_model={config.model: np.asarray(
           [np.nan if v is None else v for v in results["pck_curve"]["mean"]])},
-      metric_name="PCKh" if metric == "pckh" else "PCK", model_name=config.model,
+      metric_name=evaluator.short_name, model_name=config.model,
       best_and_worst=min(NUM_GRID_EXAMPLES, len(order) // 2) or 1)
   if model.output_kind == "heatmap":
     canvas = order[0][1]
-    images = steps_lib.images_to_float(canvas[None])
+    images = inference.images_to_float(canvas[None])
     stages = model.apply(jax.tree.map(np.asarray, variables), images, train=False)
     num_joints = skeleton.num_joints
     inputs["heatmap_example"] = (
@@ -277,11 +226,8 @@ def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[st
   os.makedirs(out_dir, exist_ok=True)
   paths = (os.path.join(out_dir, f"{tag}.json"),
            os.path.join(out_dir, f"{tag}_predictions.json"))
-  for path, payload in zip(paths, (results, predictions)):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(payload, f, indent=1 if path == paths[0] else None)
-    os.replace(tmp, path)
+  files.write_json(paths[0], results)
+  files.write_json(paths[1], predictions, indent=None)
   return paths
 
 
@@ -312,8 +258,9 @@ def save_figures(workdir: str, results: dict, figure_inputs: dict) -> dict:
     return {}
   try:
     return viz.save_eval_figures(
-        workdir, skeleton_of(results["dataset"]),
-        tag=eval_tag(results), **figure_inputs)
+        workdir, skeleton_of(results["dataset"]), tag=eval_tag(results),
+        run_name=os.path.basename(os.path.normpath(workdir)), step=results.get("step"),
+        **figure_inputs)
   except Exception as e:  # pylint: disable=broad-except  # Figures are a by-product.
     logging.warning("Could not draw the evaluation figures: %s", e)
     return {}
@@ -333,11 +280,8 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   """
   from jhpe.train import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
   from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jhpe.models import summary  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config(workdir)
-  trained_with = config
-  if overrides:
-    config = config.replace(**overrides)
+  trained_with = config_lib.load_config(workdir)
+  config = trained_with.replace(**(overrides or {}))
   dataset = dataset or config.dataset
   split = split or config.eval_split
   # The model's outputs are the joints of the dataset it was trained for: another
@@ -350,13 +294,11 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
         f"is not the model's {trained.name!r} ({trained.num_joints} joints, trained for "
         f"{config.dataset!r}) in {workdir}; evaluate on a dataset with the "
         f"{trained.name!r} skeleton.")
-  config = config.replace(dataset=dataset, eval_split=split)
-  config.validate(num_devices=jax.device_count(), num_processes=jax.process_count())
-  model = config_lib.build_model(config)
-  variables, step = ckpt.restore_variables(workdir, which)
+  overrides = {**(overrides or {}), "dataset": dataset, "eval_split": split}
+  config.replace(**overrides).validate(num_devices=jax.device_count(),
+                                       num_processes=jax.process_count())
+  config, model, variables, step = ckpt.load_model(workdir, which, overrides)
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
-  ckpt.check_variables(path, variables,
-                       summary.abstract_variables(model, config.input_size))
   results, predictions, figure_inputs = evaluate(
       variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
       collect_figures=figures)

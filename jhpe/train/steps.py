@@ -8,8 +8,9 @@ augmentation, from each example's position in the *global* batch, so 1 device an
 draw the same augmentation for the same global batch.
 """
 
+import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 from jax import lax
@@ -18,24 +19,71 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jhpe import codecs
 from jhpe import geometry
-from jhpe import heatmaps
-from jhpe import losses
+from jhpe import inference
+from jhpe.data import augment as augment_lib
 from jhpe.train import state as state_lib
 from jhpe.train.config import Config
 
 AXIS = "batch"
 
 
-def with_axis_name(model, config: Config, axis_name: Optional[str]):
-  """The model with cross-device BatchNorm over `axis_name` if `config.sync_batch_norm`."""
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+  """The train step's collaborators, built once on the host (`make_step_parts`).
+
+  The step itself reads nothing else: no config lookups, no dataset registry while tracing
+  (as flax's examples/imagenet passes `learning_rate_fn` in).
+
+  Attributes:
+    model: the flax module (with cross-device BatchNorm when asked).
+    codec: encodes targets and scores outputs (`jhpe.codecs`).
+    tx: the optax optimiser.
+    learning_rate_fn: step -> learning rate (for the metrics).
+    augment_kwargs: `jhpe.data.augment.augment`'s keyword arguments (flip permutation,
+      ranges).
+    intermediate_supervision: score every stage (True) or only the last.
+    ema_decay: decay of the parameters' EMA (0 = none).
+  """
+  model: Any
+  codec: Any
+  tx: optax.GradientTransformation
+  learning_rate_fn: Callable
+  augment_kwargs: dict
+  intermediate_supervision: bool = True
+  ema_decay: float = 0.0
+
+  def __hash__(self):  # `augment_kwargs` holds arrays; the parts are used by identity.
+    return id(self)
+
+
+def make_step_parts(model, config: Config, flip_permutation,
+                    axis_name: Optional[str] = AXIS) -> StepParts:
+  """The collaborators of `train_step` for a run's model and config.
+
+  Args:
+    flip_permutation: (J,) `Skeleton.flip_permutation` of the training joints.
+    axis_name: the device axis for cross-device BatchNorm (`config.sync_batch_norm`).
+  """
   if config.sync_batch_norm and hasattr(model, "bn_axis_name"):
-    return model.clone(bn_axis_name=axis_name)
-  return model
+    model = model.clone(bn_axis_name=axis_name)
+  return StepParts(
+      model=model, codec=codecs.make_codec(model, config),
+      tx=state_lib.make_optimizer(config),
+      learning_rate_fn=state_lib.make_schedule(config),
+      augment_kwargs=dict(flip_permutation=np.asarray(flip_permutation),
+                          rotation_deg=config.aug_rotation,
+                          scale_range=(1.0 - config.aug_scale, 1.0 + config.aug_scale),
+                          shift_fraction=config.aug_translate,
+                          flip_prob=0.5 if config.aug_flip else 0.0,
+                          color_jitter=config.aug_color),
+      intermediate_supervision=config.intermediate_supervision,
+      ema_decay=config.ema_decay)
 
 
 def augment_batch(rng: jax.Array, batch: dict, example_ids: jax.Array,
-                  config: Config) -> dict:
+                  augment_kwargs: dict) -> dict:
   """Device-side augmentation (`jhpe.data.augment.augment`), one key per global example.
 
   Each example's key is `fold_in(rng, its index in the global batch)`, so the draws do
@@ -44,64 +92,20 @@ def augment_batch(rng: jax.Array, batch: dict, example_ids: jax.Array,
   Returns the batch (`image`, `joints`, `visible`) with `image` float32 (B, S, S, 3) in
   [0, 1] and the joints moved with it.
   """
-  from jhpe.data import augment  # pylint: disable=g-import-not-at-top
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(example_ids)
   # `augment` takes one key per example ((b,) keys) and draws each example's transform
   # from its own key: several times faster than vmapping it over single examples.
-  out = augment.augment(keys, {k: batch[k] for k in ("image", "joints", "visible")},
-                        **augment_kwargs(config))
+  out = augment_lib.augment(keys, {k: batch[k] for k in ("image", "joints", "visible")},
+                            **augment_kwargs)
   return {k: out[k] for k in ("image", "joints", "visible")}
 
 
-def augment_kwargs(config: Config) -> dict:
-  """`jhpe.data.augment.augment`'s keyword arguments from the config."""
-  from jhpe.train.config import skeleton_of  # pylint: disable=g-import-not-at-top
-  return dict(flip_permutation=np.asarray(skeleton_of(config).flip_permutation),
-              rotation_deg=config.aug_rotation,
-              scale_range=(1.0 - config.aug_scale, 1.0 + config.aug_scale),
-              shift_fraction=config.aug_translate,
-              flip_prob=0.5 if config.aug_flip else 0.0,
-              color_jitter=config.aug_color)
-
-
-def make_targets(model, joints: jax.Array, visible: jax.Array, input_size: int,
-                 sigma: float):
-  """Training targets from canvas-pixel joints.
-
-  Args:
-    model: the module (its `output_kind`, `output_stride`, `num_output_channels`).
-    joints: (B, J, 2) canvas pixels.
-    visible: (B, J).
-    input_size: S, the canvas side.
-    sigma: heatmap Gaussian std in heatmap pixels.
-
-  Returns:
-    (targets, weights): heatmaps (B, h, w, K) and (B, K) for heatmap models (CPM: K = J + 1
-    with the background channel), or normalised coordinates (B, J, 2) and visibility
-    (B, J) for regression.
-  """
-  if model.output_kind == "regression":
-    return (joints + 0.5) / input_size, visible
-  stride = model.output_stride
-  size = input_size // stride
-  maps, weights = heatmaps.render_gaussian(
-      heatmaps.canvas_to_heatmap(joints, stride), visible, (size, size), sigma)
-  if model.num_output_channels == joints.shape[1] + 1:
-    maps = heatmaps.add_background(maps)
-    weights = heatmaps.add_background_weight(weights)
-  return maps, weights
-
-
-def compute_loss(model, outputs, targets, weights, config: Config):
-  """(total (), per_stage (S,)) of the model's stage outputs.
-
-  Without intermediate supervision only the last stage is scored: per_stage is then (1,).
-  """
-  if not config.intermediate_supervision:
+def stage_loss(codec, outputs, targets, weights, intermediate_supervision: bool = True):
+  """(total (), per_stage (T,)) of the stage outputs; without intermediate supervision
+  only the last stage is scored (per_stage is then (1,))."""
+  if not intermediate_supervision:
     outputs = outputs[-1:]
-  if model.output_kind == "regression":
-    return losses.regression_loss(outputs, targets, weights, kind=config.regression_loss)
-  return losses.heatmap_loss(outputs, targets, weights)
+  return codec.loss(outputs, targets, weights)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -113,7 +117,7 @@ def _all_finite(tree) -> jax.Array:
   return jnp.isfinite(optax.tree.norm(tree))
 
 
-def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Config,
+def train_step(state: state_lib.TrainState, batch: dict, *, parts: StepParts,
                axis_name: str = AXIS):
   """One optimisation step on one device's share of the global batch.
 
@@ -121,8 +125,7 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
     state: the (replicated) TrainState.
     batch: this device's examples: `image` uint8 (b, S, S, 3), `joints` float32 (b, J, 2)
       canvas pixels, `visible` (b, J) (see docs/design.md, "Batch").
-    model: the flax module.
-    config: the run's Config (static).
+    parts: the step's collaborators (`make_step_parts`: model, codec, optimiser, ...).
     axis_name: the device axis of the collectives.
 
   Returns:
@@ -131,17 +134,15 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
     were NaN/Inf; then the update is skipped: params, optimiser, BN statistics and EMA stay
     as they were and only the step advances).
   """
-  model = with_axis_name(model, config, axis_name)
-  tx = state_lib.make_optimizer(config)
+  model, codec = parts.model, parts.codec
   step_rng = jax.random.fold_in(state.rng, state.step)
   aug_rng, model_rng = jax.random.split(step_rng)
   device = lax.axis_index(axis_name)
   local_batch = batch["image"].shape[0]
   example_ids = device * local_batch + jnp.arange(local_batch)
-  batch = augment_batch(aug_rng, batch, example_ids, config)
+  batch = augment_batch(aug_rng, batch, example_ids, parts.augment_kwargs)
   model_rng = jax.random.fold_in(model_rng, device)
-  targets, weights = make_targets(model, batch["joints"], batch["visible"],
-                                  config.input_size, config.sigma)
+  targets, weights = codec.encode(batch["joints"], batch["visible"])
 
   # The losses average over this device's annotated joints. Rescaled by this device's
   # share of the global annotated count (times the device count, undone by the pmean
@@ -158,7 +159,8 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
         variables, batch["image"], train=True, mutable=["batch_stats"],
         rngs={"perturb": model_rng, "dropout": model_rng})
     outputs = [o.astype(jnp.float32) for o in outputs]
-    total, per_stage = compute_loss(model, outputs, targets, weights, config)
+    total, per_stage = stage_loss(codec, outputs, targets, weights,
+                                  parts.intermediate_supervision)
     return share * total, (share * per_stage, updates.get("batch_stats", {}))
 
   (loss, (per_stage, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -169,11 +171,11 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
   loss, per_stage = lax.pmean((loss, per_stage), axis_name)
   batch_stats = lax.pmean(batch_stats, axis_name)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = parts.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema is not None:
-    d = config.ema_decay
+    d = parts.ema_decay
     ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
   # NaN/Inf guard: every device sees the same averaged values, so all agree to skip. The
@@ -190,20 +192,29 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, config: Confi
   metrics = {
       "loss": loss,
       "loss_stage": per_stage,
-      "learning_rate": state_lib.make_schedule(config)(state.step),
+      "learning_rate": parts.learning_rate_fn(state.step),
       "grad_norm": grad_norm,
       "nonfinite": 1.0 - finite.astype(jnp.float32),
   }
   return new_state, metrics
 
 
-def make_pmap_train_step(model, config: Config, devices=None):
+def _default_flip_permutation(config: Config):
+  """The evaluation dataset's flip permutation (the entry points pass it explicitly)."""
+  from jhpe.train.config import skeleton_of  # pylint: disable=g-import-not-at-top
+  return skeleton_of(config).flip_permutation
+
+
+def make_pmap_train_step(model, config: Config, devices=None, flip_permutation=None):
   """`train_step` under `jax.pmap` over the local devices; the state is donated.
 
   Call with a replicated state (`replicate_pmap`, leading device axis) and a batch
   reshaped to (devices, B / devices, ...) (`shard_batch_pmap`).
   """
-  fn = functools.partial(train_step, model=model, config=config, axis_name=AXIS)
+  if flip_permutation is None:
+    flip_permutation = _default_flip_permutation(config)
+  parts = make_step_parts(model, config, flip_permutation)
+  fn = functools.partial(train_step, parts=parts, axis_name=AXIS)
   return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
@@ -213,7 +224,7 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices, (AXIS,))
 
 
-def make_shard_map_train_step(model, config: Config, mesh: Mesh):
+def make_shard_map_train_step(model, config: Config, mesh: Mesh, flip_permutation=None):
   """The same `train_step` under `jax.jit` + `jax.shard_map` on a 1-D `mesh`.
 
   The state is replicated (`P()`), the batch is split along its first axis (`P(AXIS)`);
@@ -221,120 +232,20 @@ def make_shard_map_train_step(model, config: Config, mesh: Mesh):
   replicated params are per-device until the explicit `lax.pmean` (with vma checking,
   JAX would insert a psum of its own and the pmean would not be a mean).
   """
-  fn = functools.partial(train_step, model=model, config=config, axis_name=AXIS)
+  if flip_permutation is None:
+    flip_permutation = _default_flip_permutation(config)
+  parts = make_step_parts(model, config, flip_permutation)
+  fn = functools.partial(train_step, parts=parts, axis_name=AXIS)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
                          check_vma=False)
   return jax.jit(mapped, donate_argnums=(0,))
 
 
-# -- Evaluation. --
+# -- Evaluation (the prediction itself is jhpe.inference's). --
 
 
-def images_to_float(images: jax.Array) -> jax.Array:
-  """uint8 (B, S, S, 3) -> float32 in [0, 1], the models' input."""
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
-
-
-def predict_canvas(variables: dict, images: jax.Array, *, model, config: Config,
-                   flip_permutation: np.ndarray, all_stages: bool = False):
-  """Joints in canvas pixels from float images (B, S, S, 3), with the flip test and the
-  multi-scale test of `config` (`flip_test`, `test_scales`, `decode`).
-
-  Args:
-    all_stages: decode every stage's output, not only the last (stage-wise PCK).
-
-  Returns:
-    joints (B, J, 2) canvas pixels of the last stage, or (B, T, J, 2) over the T stages
-    with `all_stages`; confidence (B, J) or (B, T, J); the last stage's heatmaps
-    (B, h, w, J) (None for regression).
-  """
-  size = images.shape[2]
-  num_joints = len(flip_permutation)
-  apply = functools.partial(_multiscale_outputs, variables, model=model,
-                            scales=config.test_scales)
-  outputs = apply(images)
-  flipped = apply(images[:, :, ::-1]) if config.flip_test else [None] * len(outputs)
-  stages = range(len(outputs)) if all_stages else [len(outputs) - 1]
-  decoded = [_decode_stage(outputs[t], flipped[t], size=size, num_joints=num_joints,
-                           model=model, config=config, flip_permutation=flip_permutation)
-             for t in stages]
-  if not all_stages:
-    return decoded[-1]
-  joints, confidence = (jnp.stack([d[i] for d in decoded], axis=1) for i in (0, 1))
-  return joints, confidence, decoded[-1][2]
-
-
-def _multiscale_outputs(variables: dict, images: jax.Array, *, model,
-                        scales=(1.0,)) -> list:
-  """The model's outputs (eval mode), each stage averaged over the canvas resized by
-  every factor of `scales` (the CPM benchmark's scale search).
-
-  Args:
-    variables: {'params', 'batch_stats'}.
-    images: (B, S, S, 3) float canvases.
-    scales: resize factors; (1.0,) is `model.apply` (any model), others need a heatmap
-      model (a fully convolutional one).
-
-  Returns:
-    list over stages of (B, S / stride, S / stride, K) heatmaps on the grid of the canvas
-    as given (or the regression outputs).
-  """
-  per_scale = [_outputs_at_scale(variables, images, float(s), model=model) for s in scales]
-  if len(per_scale) == 1:
-    return per_scale[0]
-  return [sum(stage) / len(per_scale) for stage in zip(*per_scale)]
-
-
-def _outputs_at_scale(variables, images, scale, *, model):
-  """Heatmaps of the canvas resized by `scale`, resampled onto the unresized grid.
-
-  The resized canvas (round(S x scale) px) is padded with zeros on the bottom and right to
-  the model's input multiple. In continuous pixel coordinates heatmap point u is image
-  point u x stride, so the resized canvas's heatmaps map onto the original grid by the
-  exact ratio r = round(S x scale) / S alone, with no shift.
-  """
-  if scale == 1.0:
-    return model.apply(variables, images, train=False)
-  size = images.shape[2]
-  resized = max(int(round(size * scale)), 1)
-  padded = -(-resized // model.input_multiple) * model.input_multiple
-  ratio = resized / size
-
-  def resample(x, side, factor, antialias):
-    # Input point x goes to x * factor; output pixels with no input under them stay zero
-    # (the padding).
-    return jax.image.scale_and_translate(
-        x.astype(jnp.float32), (x.shape[0], side, side, x.shape[3]), (1, 2),
-        jnp.array([factor, factor]), jnp.zeros(2), method="linear", antialias=antialias)
-
-  outputs = model.apply(variables, resample(images, padded, ratio, True), train=False)
-  grid = size // model.output_stride
-  return [resample(out, grid, 1 / ratio, False) for out in outputs]
-
-
-def _decode_stage(output, flipped, *, size, num_joints, model, config, flip_permutation):
-  """One stage's output (and its mirrored image's) -> joints, confidence, heatmaps."""
-  output = output.astype(jnp.float32)
-  if model.output_kind == "regression":
-    joints = output * size - 0.5
-    if flipped is not None:
-      back = flipped.astype(jnp.float32) * size - 0.5
-      back = back.at[..., 0].set(size - 1 - back[..., 0])[:, flip_permutation]
-      joints = 0.5 * (joints + back)
-    return joints, jnp.ones(joints.shape[:2], jnp.float32), None
-  maps = output[..., :num_joints]  # CPM's background channel is dropped.
-  if flipped is not None:
-    back = heatmaps.flip_heatmaps(flipped.astype(jnp.float32),
-                                  flip_permutation)[..., :num_joints]
-    maps = 0.5 * (maps + back)
-  coords, confidence = heatmaps.decode(maps, method=config.decode)
-  return heatmaps.heatmap_to_canvas(coords, model.output_stride), confidence, maps
-
-
-def eval_step(variables: dict, batch: dict, *, model, config: Config,
-              flip_permutation: np.ndarray) -> dict:
+def eval_step(variables: dict, batch: dict, *, model, codec, flip_permutation: np.ndarray,
+              flip_test: bool = True, test_scales=(1.0,)) -> dict:
   """Predictions for a batch, mapped back to original pixels.
 
   Args:
@@ -347,9 +258,10 @@ def eval_step(variables: dict, batch: dict, *, model, config: Config,
     (B, J), `stage_joints` (B, T, J, 2) every stage's predictions in original pixels, and
     `gt_joints` (B, J, 2) the ground truth mapped back to original pixels.
   """
-  stage_joints, confidence, _ = predict_canvas(
-      variables, images_to_float(batch["image"]), model=model, config=config,
-      flip_permutation=flip_permutation, all_stages=True)
+  stage_joints, confidence, _ = inference.predict_canvas(
+      variables, batch["image"], model=model, codec=codec,
+      flip_permutation=flip_permutation, flip_test=flip_test, test_scales=test_scales,
+      all_stages=True)
   to_original = batch["canvas_to_original"]
   stage_joints = geometry.apply_affine(to_original[:, None], stage_joints)
   return {
@@ -361,9 +273,14 @@ def eval_step(variables: dict, batch: dict, *, model, config: Config,
 
 
 def make_eval_step(model, config: Config, flip_permutation, mesh: Mesh):
-  """`eval_step` jitted with the batch split over `mesh` and the variables replicated."""
-  fn = functools.partial(eval_step, model=model, config=config,
-                         flip_permutation=np.asarray(flip_permutation))
+  """`eval_step` jitted with the batch split over `mesh` and the variables replicated.
+
+  The codec, flip test and test scales are the config's (`decode`, `flip_test`,
+  `test_scales`).
+  """
+  fn = functools.partial(eval_step, model=model, codec=codecs.make_codec(model, config),
+                         flip_permutation=np.asarray(flip_permutation),
+                         flip_test=config.flip_test, test_scales=tuple(config.test_scales))
   return jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))),
                  out_shardings=NamedSharding(mesh, P(AXIS)))
 
