@@ -1,6 +1,6 @@
 """Inference latency and throughput: batch 1 and 32, with and without the flip test.
 
-Times jhpe's prediction path (`jhpe.train.steps.predict_canvas`: the model in eval mode,
+Times jhpe's prediction path (`jhpe.inference.predict_canvas`: the model in eval mode,
 the flip test when on (a second pass on the mirrored images, heatmaps flipped back and
 averaged), decoding to canvas pixels), jitted, on images already on the device. Latency is
 the median time of one call at batch 1; throughput is images/s at batch 32 (`--batches`).
@@ -22,13 +22,13 @@ COLUMNS = ['config', 'input', 'batch', 'flip', 'compile_s', 'ms', 'img_s']
 
 def measure_config(name, batches=(1, 32), flips=(False, True), repeats=5, warmup=1):
   """Rows for preset `name` (`train_step.PRESETS`): one per (batch, flip)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from jhpe.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  from jhpe.train import steps  # pylint: disable=g-import-not-at-top
+  from jhpe import codecs  # pylint: disable=g-import-not-at-top
+  from jhpe import inference  # pylint: disable=g-import-not-at-top
 
   config = train_step.make_config(name, max(batches))
   model = config_lib.build_model(config)
@@ -40,9 +40,10 @@ def measure_config(name, batches=(1, 32), flips=(False, True), repeats=5, warmup
   rng = np.random.default_rng(0)
   rows = []
   for flip in flips:
-    cfg = dataclasses.replace(config, flip_test=flip)
-    fn = jax.jit(functools.partial(steps.predict_canvas, model=model, config=cfg,
-                                   flip_permutation=flip_permutation))
+    fn = jax.jit(functools.partial(
+        inference.predict_canvas, model=model, codec=codecs.make_codec(model, config),
+        flip_permutation=flip_permutation, flip_test=flip,
+        test_scales=tuple(config.test_scales)))
     for batch in batches:
       images = jax.device_put(rng.uniform(
           size=(batch, config.input_size, config.input_size, 3)).astype(np.float32))

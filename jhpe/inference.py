@@ -176,8 +176,12 @@ def cut_canvas(image, center, scale, canvas_size, factor=(1., 1.)):
                                 scale / canvas_size / factor[1])
   if pixels_per_canvas_pixel >= 2:
     reduce_by = 2 ** int(math.log2(pixels_per_canvas_pixel))
-    image = image.reduce(reduce_by)
-    factor = (factor[0] * reduce_by, factor[1] * reduce_by)
+    # A box filter over the whole extent (not Image.reduce, which anchors its boxes at
+    # the left edge): a mirrored image gives the mirrored result, as the flip test needs.
+    width, height = image.size
+    size = (max(1, round(width / reduce_by)), max(1, round(height / reduce_by)))
+    image = image.resize(size, Image.BOX)
+    factor = (factor[0] * width / size[0], factor[1] * height / size[1])
   m = np.asarray(geometry.crop_matrix(np.asarray(center, np.float64),
                                       np.float64(scale), canvas_size), np.float64)
   canvas_to_decoded = np.linalg.inv(m @ _pixel_scale(*factor))
