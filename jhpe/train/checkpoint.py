@@ -192,14 +192,18 @@ def quarantine_incomplete(workdir: str) -> list[str]:
 
 
 def latest_step(workdir: str) -> Optional[int]:
-  """The step of the latest finished checkpoint in `workdir`, or None."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
+  """The step of the latest finished checkpoint in `workdir`, or None.
+
+  Reads the folder listing only: no CheckpointManager, whose constructor synchronises
+  all processes of a multi-host run (a process-local question must not, or processes
+  that look before and after the chief creates the folder disagree and deadlock).
+  """
+  root = checkpoint_dir(workdir)
+  if not os.path.isdir(root):
     return None
-  mngr = make_manager(workdir, read_only=True, async_save=False)
-  try:
-    return latest_complete_step(mngr)
-  finally:
-    mngr.close()
+  steps = [int(name) for name in os.listdir(root) if name.isdigit()
+           and os.path.exists(os.path.join(root, name, COMMIT_MARKER))]
+  return max(steps) if steps else None
 
 
 def _resolve_step(mngr: ocp.CheckpointManager, workdir: str,
