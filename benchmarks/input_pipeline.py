@@ -2,7 +2,7 @@
 
 Host side: the grain loader of `jhpe.data.pipeline` (read from array_record, JPEG
 decode, canvas crop, batching), timed over whole batches after a warm-up. Device side:
-the jitted augmentation (`jhpe.data.augment.augment`: affine warp, flip + joint swap,
+the jitted augmentation (`jhpe.train.augment.augment`: affine warp, flip + joint swap,
 colour jitter) plus the target heatmaps (`jhpe.heatmaps.render_gaussian`), timed on a
 batch already on the device, compile time apart. Compare both with the train step's
 images/s (`benchmarks/train_step.py`): the input pipeline must outpace it.

@@ -13,9 +13,9 @@ import scipy.io
 from jhpe import geometry
 from jhpe import metrics
 from jhpe import skeletons
-from jhpe.data import coco_keypoints
-from jhpe.data import common
-from jhpe.data import lsp
+from jhpe.data.builders import coco_keypoints
+from jhpe.data.builders import common
+from jhpe.data.builders import lsp
 from jhpe.data import pipeline
 from jhpe.data import registry
 

@@ -8,7 +8,7 @@ import pytest
 
 from jhpe import geometry
 from jhpe.data import pipeline
-from jhpe.data import synthetic
+from jhpe.data.builders import synthetic
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,8 @@
-"""Datasets (TFDS builders), the host input pipeline (grain) and device augmentation.
+"""Datasets: TFDS builders (`builders/`), the registry and the host input pipeline (grain).
 
 Importing `jhpe.data` stays light: the builders (which import tensorflow_datasets) load
-on first use of `prepare`, `make_loader` or the submodules.
+on first use of `prepare`, `make_loader` or the submodules. Device augmentation
+lives with the train step (`jhpe.train.augment`).
 """
 
 

@@ -3,7 +3,7 @@
 The host only reads, decodes and cuts a fixed canvas around each person (with
 `jhpe.inference.load_canvas`, the predictor's crop too); the random
 augmentation (affine warp, flip, colour) and the target heatmaps run on the device inside
-the jitted step (`jhpe.data.augment`, `jhpe.heatmaps`). No TensorFlow is needed: examples
+the jitted step (`jhpe.train.augment`, `jhpe.heatmaps`). No TensorFlow is needed: examples
 come from `builder.as_data_source` (array_record files) and grain batches them.
 
 A batch (docs/design.md) is a dict of numpy arrays:

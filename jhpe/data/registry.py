@@ -42,12 +42,12 @@ class DatasetSpec:
 
 
 DATASETS = {
-    'lsp': DatasetSpec('jhpe.data.lsp:Lsp', 'lsp', 'torso', 'pck@0.2', 'test'),
-    'lspet': DatasetSpec('jhpe.data.lsp:Lspet', 'lsp', 'torso', 'pck@0.2', 'train'),
-    'mpii': DatasetSpec('jhpe.data.mpii:Mpii', 'mpii', 'head', 'pckh@0.5', 'validation'),
-    'coco_keypoints': DatasetSpec('jhpe.data.coco_keypoints:CocoKeypoints', 'coco', 'area',
+    'lsp': DatasetSpec('jhpe.data.builders.lsp:Lsp', 'lsp', 'torso', 'pck@0.2', 'test'),
+    'lspet': DatasetSpec('jhpe.data.builders.lsp:Lspet', 'lsp', 'torso', 'pck@0.2', 'train'),
+    'mpii': DatasetSpec('jhpe.data.builders.mpii:Mpii', 'mpii', 'head', 'pckh@0.5', 'validation'),
+    'coco_keypoints': DatasetSpec('jhpe.data.builders.coco_keypoints:CocoKeypoints', 'coco', 'area',
                                   'oks_ap', 'validation'),
-    'synthetic': DatasetSpec('jhpe.data.synthetic:Synthetic', 'lsp', 'torso', 'pck@0.2',
+    'synthetic': DatasetSpec('jhpe.data.builders.synthetic:Synthetic', 'lsp', 'torso', 'pck@0.2',
                              'test'),
 }
 

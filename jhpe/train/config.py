@@ -77,7 +77,7 @@ class Config:
   num_workers: int = _field(0, "grain worker processes (0 = in the main process).")
   skip_bad_examples: bool = _field(False, "Skip and count corrupt or badly annotated "
                                    "examples.")
-  # Augmentation (device side; see jhpe.data.augment).
+  # Augmentation (device side; see jhpe.train.augment).
   aug_rotation: float = _field(30.0, "Rotation range, +- degrees (uniform).")
   aug_scale: float = _field(0.25, "Scale range, 1 +- this.")
   aug_translate: float = _field(0.0, "Shift range, fraction of S.")

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jhpe import codecs
 from jhpe import geometry
 from jhpe import inference
-from jhpe.data import augment as augment_lib
+from jhpe.train import augment as augment_lib
 from jhpe.train import state as state_lib
 from jhpe.train.config import Config
 
@@ -41,7 +41,7 @@ class StepParts:
     codec: encodes targets and scores outputs (`jhpe.codecs`).
     tx: the optax optimiser.
     learning_rate_fn: step -> learning rate (for the metrics).
-    augment_kwargs: `jhpe.data.augment.augment`'s keyword arguments (flip permutation,
+    augment_kwargs: `jhpe.train.augment.augment`'s keyword arguments (flip permutation,
       ranges).
     intermediate_supervision: score every stage (True) or only the last.
     ema_decay: decay of the parameters' EMA (0 = none).
@@ -84,7 +84,7 @@ def make_step_parts(model, config: Config, flip_permutation,
 
 def augment_batch(rng: jax.Array, batch: dict, example_ids: jax.Array,
                   augment_kwargs: dict) -> dict:
-  """Device-side augmentation (`jhpe.data.augment.augment`), one key per global example.
+  """Device-side augmentation (`jhpe.train.augment.augment`), one key per global example.
 
   Each example's key is `fold_in(rng, its index in the global batch)`, so the draws do
   not depend on how the batch is split over devices.

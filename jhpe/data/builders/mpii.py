@@ -26,7 +26,7 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from jhpe.data import common
+from jhpe.data.builders import common
 
 NUM_JOINTS = 16
 IMAGES_URL = ('https://datasets.d2.mpi-inf.mpg.de/andriluka14cvpr/'

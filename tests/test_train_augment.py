@@ -1,4 +1,4 @@
-"""Tests of jhpe.data.augment: flips, the joint swap, and warps that keep joints on content."""
+"""Tests of jhpe.train.augment: flips, the joint swap, and warps that keep joints on content."""
 
 import functools
 
@@ -9,7 +9,7 @@ import pytest
 
 from jhpe import geometry
 from jhpe import skeletons
-from jhpe.data import augment
+from jhpe.train import augment
 
 S = 32
 

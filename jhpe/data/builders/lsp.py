@@ -21,7 +21,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from jhpe import geometry
-from jhpe.data import common
+from jhpe.data.builders import common
 
 LSP_URL = 'http://sam.johnson.io/research/lsp_dataset.zip'
 LSPET_URL = 'http://sam.johnson.io/research/lspet_dataset.zip'

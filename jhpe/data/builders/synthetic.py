@@ -33,7 +33,7 @@ from PIL import ImageFilter
 import tensorflow_datasets as tfds
 
 from jhpe import geometry
-from jhpe.data import common
+from jhpe.data.builders import common
 
 NUM_JOINTS = 14
 # LSP joint order (jhpe.skeletons.LSP).

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jhpe import geometry
-from jhpe.data import common
+from jhpe.data.builders import common
 
 NUM_JOINTS = 17
 BASE_URL = 'http://images.cocodataset.org'
