@@ -310,6 +310,12 @@ def check_resumable(config: Config, workdir: str) -> None:
   # Both through the same JSON (lists, not tuples); a foreign config.json is named.
   saved = json.loads(load_config(workdir).to_json())
   new = json.loads(config.to_json())
+  if saved.get("model") == new["model"]:
+    # A model option added since the workdir was written equals its absence at its default.
+    from jhpe import models  # pylint: disable=g-import-not-at-top
+    defaults = json.loads(json.dumps(models.model_defaults(new["model"]), default=str))
+    saved["model_kwargs"] = {**defaults, **saved["model_kwargs"]}
+    new["model_kwargs"] = {**defaults, **new["model_kwargs"]}
   changed = [f"--{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(new)
              if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
   if changed:
