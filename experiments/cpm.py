@@ -7,12 +7,15 @@ from absl import flags
 
 from experiments import common
 
-MODEL_FLAGS = ("num_stages", "width")
+MODEL_FLAGS = ("num_stages", "width", "scan_stages")
 
 
 def _model_flags():
   flags.DEFINE_integer("num_stages", 6, "Stages T (6 released).")
   flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0 = released; 0.25 for CPU).")
+  flags.DEFINE_bool("scan_stages", False, "nn.scan over stages t >= 2: one stage compiled "
+                    "instead of T - 1 (the same function; parameters stacked under "
+                    "stages/, see jhpe.models.cpm.stack_variables).")
 
 
 # The released setting: SGD (momentum 0.9 and sigma 1 are `Config`'s defaults), lr 8e-5

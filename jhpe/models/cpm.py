@@ -27,8 +27,13 @@ Parameter count of that list for P = 14 (weights + biases):
 Note: the released model shares conv1-3 of stage 2 (the trunk); the 5x5 conv that makes
 each stage's 32-channel features has its own weights per stage, as here. The output has
 P + 1 channels with the background LAST. There is no BatchNorm (as released).
+
+`scan_stages=True` computes the same function with `nn.scan` over stages t >= 2 (their
+parameters stacked on a leading axis under `stages/`; `stack_variables` /
+`unstack_variables` convert either way): XLA compiles one refinement stage, not T - 1.
 """
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -71,6 +76,63 @@ def center_map(height: int, width: int, stride: int = 8,
   return out.astype(np.float32)
 
 
+def _conv(module, c, k, name, relu=True, scale=True):
+  """A k x k conv of `module`'s width-scaled `c` channels (unscaled with scale=False)."""
+  f = layers.scaled_channels(c, module.width) if scale else c
+  # He initialisation for the ReLU layers: this deep plain (no BatchNorm) net trains
+  # from scratch with it; LeCun's for the linear output layers.
+  init = nn.initializers.he_normal() if relu else nn.initializers.lecun_normal()
+  layer = layers.conv(f, k, module.dtype, module.param_dtype, name=name, kernel_init=init)
+  return (lambda x: nn.relu(layer(x))) if relu else layer
+
+
+def _refine(module, trunk, beliefs, center, name_of):
+  """A stage t >= 2, its layers created in `module` under `name_of(layer)`: (trunk
+  (B, h, w, 128 w), previous beliefs (B, h, w, P+1), centre (B, h, w, 1)) -> beliefs."""
+  feats = _conv(module, 32, 5, name_of("features"))(trunk)
+  y = jnp.concatenate([feats, beliefs.astype(module.dtype), center], axis=-1)
+  for i in range(1, 4):
+    y = _conv(module, 128, 11, name_of(f"mconv{i}"))(y)
+  y = _conv(module, 128, 1, name_of("mconv4"))(y)
+  return _conv(module, module.num_output_channels, 1, name_of("mconv5"), relu=False,
+               scale=False)(y)
+
+
+class _Stage(nn.Module):
+  """A refinement stage, the unit `nn.scan` repeats (layers named without `stage<t>_`)."""
+  num_output_channels: int
+  width: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, beliefs, trunk, center):
+    beliefs = _refine(self, trunk, beliefs, center, lambda name: name)
+    return beliefs, beliefs
+
+
+def _split_stage_name(name: str):
+  """'stage3_mconv1' -> (1, 'mconv1') (index from stage 2); other layers -> None."""
+  match = re.fullmatch(r"stage(\d+)_(.+)", name)
+  if match is None or int(match.group(1)) < 2:
+    return None
+  return int(match.group(1)) - 2, match.group(2)
+
+
+def stack_variables(variables: dict, num_stages: int) -> dict:
+  """Per-stage layout (`scan_stages=False`) -> scanned layout (`scan_stages=True`): stages
+  2..T stacked on a leading axis under `stages/`; stage 1 and the trunk unchanged."""
+  return {c: layers.stack_groups(tree, _split_stage_name, num_stages - 1, "stages")
+          for c, tree in variables.items()}
+
+
+def unstack_variables(variables: dict, num_stages: int) -> dict:
+  """Scanned layout -> per-stage layout (the inverse of `stack_variables`)."""
+  return {c: layers.unstack_groups(tree, lambda name, i: f"stage{i + 2}_{name}",
+                                   num_stages - 1, "stages")
+          for c, tree in variables.items()}
+
+
 class CPM(nn.Module):
   """Convolutional Pose Machine.
 
@@ -81,6 +143,8 @@ class CPM(nn.Module):
     center_sigma: centre-map sigma as a fraction of the input height (21 px at 368).
     dtype: compute dtype; outputs are float32.
     param_dtype: parameter dtype.
+    scan_stages: `nn.scan` over stages t >= 2 (one compiled refinement stage; the scanned
+      parameter layout, see `stack_variables`).
   """
   num_joints: int = 14
   num_stages: int = 6
@@ -88,6 +152,7 @@ class CPM(nn.Module):
   center_sigma: float = CENTER_SIGMA_AT_368 / 368
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_stages: bool = False
 
   output_kind = "heatmap"
   output_stride = 8
@@ -109,21 +174,10 @@ class CPM(nn.Module):
   def num_output_channels(self) -> int:
     return self.num_joints + int(self.background_channel)
 
-  def _ch(self, c: int) -> int:
-    return layers.scaled_channels(c, self.width)
-
-  def _conv(self, c, k, name, relu=True, scale=True):
-    f = self._ch(c) if scale else c
-    # He initialisation for the ReLU layers: this deep plain (no BatchNorm) net trains
-    # from scratch with it; LeCun's for the linear output layers.
-    init = nn.initializers.he_normal() if relu else nn.initializers.lecun_normal()
-    layer = layers.conv(f, k, self.dtype, self.param_dtype, name=name, kernel_init=init)
-    return (lambda x: nn.relu(layer(x))) if relu else layer
-
   def _trunk(self, x, prefix):
     """The three 9x9 conv + pool blocks: (B, H, W, 3) -> (B, H/8, W/8, 128 w)."""
     for i in range(1, 4):
-      x = self._conv(128, 9, f"{prefix}_conv{i}")(x)
+      x = _conv(self, 128, 9, f"{prefix}_conv{i}")(x)
       x = layers.max_pool(x, 3, 2)
     return x
 
@@ -145,10 +199,10 @@ class CPM(nn.Module):
 
     # Stage 1: image only.
     y = self._trunk(x, "stage1")
-    y = self._conv(32, 5, "stage1_conv4")(y)
-    y = self._conv(512, 9, "stage1_conv5")(y)
-    y = self._conv(512, 1, "stage1_conv6")(y)
-    beliefs = self._conv(k, 1, "stage1_conv7", relu=False, scale=False)(y)
+    y = _conv(self, 32, 5, "stage1_conv4")(y)
+    y = _conv(self, 512, 9, "stage1_conv5")(y)
+    y = _conv(self, 512, 1, "stage1_conv6")(y)
+    beliefs = _conv(self, k, 1, "stage1_conv7", relu=False, scale=False)(y)
     outputs = [beliefs]
     if self.num_stages == 1:
       return layers.stage_list(outputs)
@@ -158,12 +212,13 @@ class CPM(nn.Module):
     center = center_map(height, width, 8, self.center_sigma * height)
     center = jnp.broadcast_to(jnp.asarray(center, self.dtype)[None, :, :, None],
                               (batch, *center.shape, 1))
+    if self.scan_stages:
+      scanned = nn.scan(_Stage, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast), length=self.num_stages - 1)
+      _, stacked = scanned(k, self.width, self.dtype, self.param_dtype,
+                           name="stages")(beliefs, trunk, center)
+      return layers.stage_list(outputs + list(stacked))
     for t in range(2, self.num_stages + 1):
-      feats = self._conv(32, 5, f"stage{t}_features")(trunk)
-      y = jnp.concatenate([feats, beliefs.astype(self.dtype), center], axis=-1)
-      for i in range(1, 4):
-        y = self._conv(128, 11, f"stage{t}_mconv{i}")(y)
-      y = self._conv(128, 1, f"stage{t}_mconv4")(y)
-      beliefs = self._conv(k, 1, f"stage{t}_mconv5", relu=False, scale=False)(y)
+      beliefs = _refine(self, trunk, beliefs, center, lambda name, t=t: f"stage{t}_{name}")
       outputs.append(beliefs)
     return layers.stage_list(outputs)

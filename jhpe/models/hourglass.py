@@ -16,8 +16,8 @@ Residuals are `layers.PreActBottleneck`. Every stack has its own parameters (no 
 With 8 stacks, F = 256, J = 16 the model has 25.1M parameters (HRNet paper, Table 4).
 
 `scan_stacks=True` computes the same function with `nn.scan` over stacks 1..n-1 (their
-parameters stacked on a leading axis, under `stacks/`), the last stack apart (it has no
-back-projections): XLA compiles one stack instead of n, so compilation no longer grows
+parameters stacked on a leading axis, under `stacks/`), the last stack apart under its own
+names (it has no back-projections): XLA compiles one stack instead of n, so compilation no longer grows
 with the depth of the network. `remat=True` recomputes each stack's activations in the
 backward pass (memory for compute, for large batches on accelerators). The two layouts
 hold the same numbers: `stack_variables` / `unstack_variables` convert a variables dict
@@ -29,7 +29,6 @@ import re
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jhpe.models import layers
@@ -69,49 +68,14 @@ class Hourglass(nn.Module):
     return up1 + layers.upsample_nearest(low, 2)
 
 
-class _Stack(nn.Module):
-  """One stack after the stem (the scanned layout's unit): hourglass, residuals, lin, the
-  heatmaps, and, unless it is the last, the back-projections into the next stack's input.
-
-  Its submodules' names are the per-stack names without the `stack_<s>_` prefix
-  (`_PER_STACK_NAMES` maps them).
-  """
-  num_joints: int
-  features: int
-  depth: int
-  num_modules: int
-  train: bool
-  project_back: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  bn_axis_name: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, inter, _=None):
-    """inter (B, h, w, F) -> (the next stack's input (B, h, w, F), heatmaps (B, h, w, J))."""
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = Hourglass(self.depth, self.features, self.num_modules,
-                  bn_axis_name=self.bn_axis_name, name="hourglass", **kw)(inter, self.train)
-    for i in range(self.num_modules):
-      y = layers.PreActBottleneck(self.features, bn_axis_name=self.bn_axis_name,
-                                  name=f"res_{i}", **kw)(y, self.train)
-    y = layers.Conv1x1(self.features, name="lin", **kw)(y)
-    y = nn.relu(layers.batch_norm(self.train, axis_name=self.bn_axis_name, name="lin_bn",
-                                  **kw)(y))
-    heatmaps = layers.Conv1x1(self.num_joints, name="out", **kw)(y)
-    if self.project_back:
-      inter = (inter + layers.Conv1x1(self.features, name="feat_back", **kw)(y)
-               + layers.Conv1x1(self.features, name="heat_back", **kw)(heatmaps))
-    return inter, heatmaps
-
-
-def _per_stack_name(scanned_name: str, s: int) -> str:
-  """A `_Stack` submodule's name -> its name in the per-stack layout of stack `s`."""
-  return f"hourglass_{s}" if scanned_name == "hourglass" else f"stack_{s}_{scanned_name}"
+def _per_stack_name(sub_name: str, s: int) -> str:
+  """A stack's layer name in the per-stack layout: 'hourglass' -> 'hourglass_3',
+  'lin_bn' -> 'stack_3_lin_bn' (the released code's names)."""
+  return f"hourglass_{s}" if sub_name == "hourglass" else f"stack_{s}_{sub_name}"
 
 
 def _split_stack_name(name: str):
-  """'hourglass_3' -> (3, 'hourglass'); 'stack_3_lin_bn' -> (3, 'lin_bn'); stem -> None."""
+  """The inverse of `_per_stack_name`: 'stack_3_lin_bn' -> (3, 'lin_bn'); stem -> None."""
   match = re.fullmatch(r"hourglass_(\d+)|stack_(\d+)_(.+)", name)
   if match is None:
     return None
@@ -120,41 +84,57 @@ def _split_stack_name(name: str):
   return int(match.group(2)), match.group(3)
 
 
+def _stack_layers(module, inter, train, name_of, project_back):
+  """One stack after the stem, its layers created in `module` under `name_of(layer)`:
+  hourglass, residuals, lin, the heatmaps and, unless it is the last, the
+  back-projections. inter (B, h, w, F) -> (next stack's input, heatmaps (B, h, w, J))."""
+  kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  features, axis = module.num_features, module.bn_axis_name
+  y = Hourglass(module.depth, features, module.num_modules, bn_axis_name=axis,
+                name=name_of("hourglass"), **kw)(inter, train)
+  for i in range(module.num_modules):
+    y = layers.PreActBottleneck(features, bn_axis_name=axis, name=name_of(f"res_{i}"),
+                                **kw)(y, train)
+  y = layers.Conv1x1(features, name=name_of("lin"), **kw)(y)
+  y = nn.relu(layers.batch_norm(train, axis_name=axis, name=name_of("lin_bn"), **kw)(y))
+  heatmaps = layers.Conv1x1(module.num_joints, name=name_of("out"), **kw)(y)
+  if project_back:
+    inter = (inter + layers.Conv1x1(features, name=name_of("feat_back"), **kw)(y)
+             + layers.Conv1x1(features, name=name_of("heat_back"), **kw)(heatmaps))
+  return inter, heatmaps
+
+
+class _Stack(nn.Module):
+  """A stack with back-projections, the unit `nn.scan` repeats (layers named without the
+  `stack_<s>_` prefix)."""
+  num_joints: int
+  num_features: int
+  depth: int
+  num_modules: int
+  train: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, inter, _=None):
+    return _stack_layers(self, inter, self.train, lambda name: name, project_back=True)
+
+
 def stack_variables(variables: dict, num_stacks: int) -> dict:
   """Per-stack layout (`scan_stacks=False`) -> scanned layout (`scan_stacks=True`).
 
   Every collection (params, batch_stats) of stacks 0..n-2 is stacked on a new leading
-  axis under `stacks/`; stack n-1's goes under `last_stack/`; the stem is unchanged.
+  axis under `stacks/`; the stem and the last stack keep their names.
   """
-  out = {}
-  for collection, tree in variables.items():
-    stem, per_stack = {}, [{} for _ in range(num_stacks)]
-    for name, sub in tree.items():
-      split = _split_stack_name(name)
-      if split is None:
-        stem[name] = sub
-      else:
-        per_stack[split[0]][split[1]] = sub
-    if num_stacks > 1:
-      stem["stacks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_stack[:-1])
-    stem["last_stack"] = per_stack[-1]
-    out[collection] = stem
-  return out
+  return {collection: layers.stack_groups(tree, _split_stack_name, num_stacks - 1, "stacks")
+          for collection, tree in variables.items()}
 
 
 def unstack_variables(variables: dict, num_stacks: int) -> dict:
   """Scanned layout -> per-stack layout (the inverse of `stack_variables`)."""
-  out = {}
-  for collection, tree in variables.items():
-    tree = dict(tree)
-    stacked, last = tree.pop("stacks", {}), tree.pop("last_stack")
-    for s in range(num_stacks - 1):
-      for name, sub in stacked.items():
-        tree[_per_stack_name(name, s)] = jax.tree.map(lambda x, s=s: x[s], sub)
-    for name, sub in last.items():
-      tree[_per_stack_name(name, num_stacks - 1)] = sub
-    out[collection] = tree
-  return out
+  return {collection: layers.unstack_groups(tree, _per_stack_name, num_stacks - 1, "stacks")
+          for collection, tree in variables.items()}
 
 
 class StackedHourglass(nn.Module):
@@ -246,34 +226,24 @@ class StackedHourglass(nn.Module):
       return layers.stage_list(self._scanned_stacks(inter, train))
     outputs = []
     for s in range(self.num_stacks):
-      y = Hourglass(self.depth, self.num_features, self.num_modules,
-                    bn_axis_name=self.bn_axis_name, name=f"hourglass_{s}", **kw)(inter, train)
-      for i in range(self.num_modules):
-        y = res(self.num_features, f"stack_{s}_res_{i}")(y, train)
-      y = layers.Conv1x1(self.num_features, name=f"stack_{s}_lin", **kw)(y)
-      y = nn.relu(bn(f"stack_{s}_lin_bn")(y))
-      heatmaps = layers.Conv1x1(self.num_joints, name=f"stack_{s}_out", **kw)(y)
+      inter, heatmaps = _stack_layers(self, inter, train, lambda n, s=s: _per_stack_name(n, s),
+                                      project_back=s < self.num_stacks - 1)
       outputs.append(heatmaps)
-      if s < self.num_stacks - 1:
-        inter = (inter
-                 + layers.Conv1x1(self.num_features, name=f"stack_{s}_feat_back", **kw)(y)
-                 + layers.Conv1x1(self.num_features, name=f"stack_{s}_heat_back",
-                                  **kw)(heatmaps))
     return layers.stage_list(outputs)
 
   def _scanned_stacks(self, inter, train):
     """Stacks 0..n-2 as one `nn.scan`, then the last; -> list over stacks of heatmaps."""
-    kw = dict(num_joints=self.num_joints, features=self.num_features, depth=self.depth,
-              num_modules=self.num_modules, train=train, dtype=self.dtype,
-              param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name)
     outputs = []
     if self.num_stacks > 1:
       stack = nn.remat(_Stack) if self.remat else _Stack
       scanned = nn.scan(stack, variable_axes={"params": 0, "batch_stats": 0},
                         split_rngs={"params": True}, length=self.num_stacks - 1)
-      inter, heatmaps = scanned(name="stacks", **kw)(inter, None)
+      inter, heatmaps = scanned(
+          self.num_joints, self.num_features, self.depth, self.num_modules, train,
+          dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name,
+          name="stacks")(inter, None)
       outputs = list(heatmaps)  # (n-1, B, h, w, J) -> n-1 arrays.
-    last = (nn.remat(_Stack) if self.remat else _Stack)(project_back=False,
-                                                        name="last_stack", **kw)
-    outputs.append(last(inter)[1])
+    last = self.num_stacks - 1
+    outputs.append(_stack_layers(self, inter, train, lambda n: _per_stack_name(n, last),
+                                 project_back=False)[1])
     return outputs

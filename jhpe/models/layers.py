@@ -8,6 +8,7 @@ Arrays are NHWC throughout.
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -193,3 +194,33 @@ def max_pool(x, window: int, stride: int, padding: Any = "SAME"):
 def stage_list(outputs: Sequence[Any]) -> list:
   """Casts every stage's output to float32 (mixed precision returns f32 outputs)."""
   return [o.astype(jnp.float32) for o in outputs]
+
+
+def stack_groups(tree: dict, split_name, count: int, stacked_name: str) -> dict:
+  """Groups of layers 0..count-1 of `tree` stacked on a leading axis under `stacked_name`
+  (the layout `nn.scan` gives repeated stages); every other entry unchanged.
+
+  `split_name(name)` gives (group index, the layer's name inside the group) or None for a
+  layer outside every group: `{'stage2_conv': a, 'stage3_conv': b}` with stage t -> t - 2
+  becomes `{stacked_name: {'conv': stack([a, b])}}`.
+  """
+  rest, groups = {}, [{} for _ in range(count)]
+  for name, sub in tree.items():
+    split = split_name(name)
+    if split is None or split[0] >= count:
+      rest[name] = sub
+    else:
+      groups[split[0]][split[1]] = sub
+  if count > 0:
+    rest[stacked_name] = jax.tree.map(lambda *xs: jnp.stack(xs), *groups)
+  return rest
+
+
+def unstack_groups(tree: dict, name_of, count: int, stacked_name: str) -> dict:
+  """The inverse of `stack_groups`; `name_of(layer name, index)` gives the flat name."""
+  tree = dict(tree)
+  stacked = tree.pop(stacked_name, {})
+  for index in range(count):
+    for name, sub in stacked.items():
+      tree[name_of(name, index)] = jax.tree.map(lambda x, i=index: x[i], sub)
+  return tree

@@ -1,6 +1,6 @@
-"""The scanned hourglass (`scan_stacks=True`): the same function as the per-stack model,
-parameters convertible both ways, remat changing nothing but memory, and workdirs written
-before the option existed still resuming."""
+"""Scanned repeated stages (the hourglass's `scan_stacks`, CPM's `scan_stages`): the same
+function as the per-stage model, parameters convertible both ways, remat changing nothing
+but memory, and workdirs written before the option existed still resuming."""
 
 import json
 
@@ -11,6 +11,7 @@ import pytest
 
 from jhpe import losses
 from jhpe import models
+from jhpe.models import cpm as cpm_lib
 from jhpe.models import hourglass as hg
 from jhpe.models import summary
 from jhpe.train import config as config_lib
@@ -36,10 +37,14 @@ def test_the_scanned_layout_is_what_the_scanned_model_initialises(per_stack):
   converted = hg.stack_variables(variables, KW['num_stacks'])
   assert jax.tree.structure(own) == jax.tree.structure(converted)
   assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, converted)
-  # Stacks 0 and 1 under one leading axis; the last one apart, without back-projections.
+  # Stacks 0 and 1 under one leading axis; the last one apart under its own names,
+  # without back-projections.
   assert {x.shape[0] for x in jax.tree.leaves(converted['params']['stacks'])} == {
       KW['num_stacks'] - 1}
-  assert 'feat_back' not in converted['params']['last_stack']
+  assert 'stack_2_out' in converted['params']
+  assert not any(k.startswith(('stack_0', 'stack_1', 'hourglass_0'))
+                 for k in converted['params'])
+  assert 'stack_2_feat_back' not in converted['params']
 
 
 def test_conversion_round_trips_exactly(per_stack):
@@ -110,3 +115,20 @@ def test_the_summary_counts_every_scanned_stack():
   per_stack = summary.flops_per_image(models.get_model('hourglass', **KW), 32)
   scanned = summary.flops_per_image(models.get_model('hourglass', **KW, scan_stacks=True), 32)
   assert scanned == per_stack
+
+
+def test_cpm_scanned_over_its_stages_is_the_same_function():
+  kw = dict(num_joints=3, num_stages=3, width=0.0625)
+  model = models.get_model('cpm', **kw)
+  scanned = models.get_model('cpm', **kw, scan_stages=True)
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), images)
+  converted = cpm_lib.stack_variables(variables, 3)
+  own = scanned.init(jax.random.key(1), images)
+  assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, converted)
+  assert not any(k.startswith(('stage2_', 'stage3_')) for k in converted['params'])
+  back = cpm_lib.unstack_variables(converted, 3)
+  assert jax.tree.structure(back) == jax.tree.structure(variables)
+  assert _max_difference(back, variables) == 0.0
+  for a, b in zip(model.apply(variables, images), scanned.apply(converted, images)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
