@@ -14,6 +14,7 @@ The top-down protocol of SimpleBaselines / HRNet / mmpose (`TopDownCocoDataset`)
 
 import contextlib
 import io
+import json
 
 import numpy as np
 
@@ -146,13 +147,18 @@ def coco_oks_ap(predictions, annotations, sigmas=None, image_ids=None):
                        f'{len(sigmas)} OKS sigmas (image_id {r["image_id"]}).')
   if not results:
     raise ValueError('coco_oks_ap: no predictions.')
+  if not isinstance(annotations, dict):
+    with open(annotations) as f:
+      annotations = json.load(f)
+  if any(a.get('id') == 0 for a in annotations['annotations']):
+    # COCOeval marks a detection matched by the id of its ground truth, 0 meaning none:
+    # a ground truth with id 0 could never be matched. Ids do not enter AP: renumber.
+    annotations = dict(annotations, annotations=[
+        dict(a, id=k + 1) for k, a in enumerate(annotations['annotations'])])
   with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it goes.
-    if isinstance(annotations, dict):
-      gt = COCO()
-      gt.dataset = annotations
-      gt.createIndex()
-    else:
-      gt = COCO(annotations)
+    gt = COCO()
+    gt.dataset = annotations
+    gt.createIndex()
     dt = gt.loadRes(results)
     evaluator = COCOeval(gt, dt, 'keypoints')
     evaluator.params.kpt_oks_sigmas = sigmas

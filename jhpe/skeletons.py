@@ -45,6 +45,8 @@ class Skeleton:
     pcp_limbs: the body parts scored by PCP.
     normaliser: 'torso' | 'head' | 'bbox' (see the module docstring).
     torso_joints: (left shoulder, right hip) indices: the person-centric torso for PCK.
+    oks_sigmas: (J,) per-joint OKS sigmas (COCO's for 'coco', a custom set's own; empty
+      where OKS is not used).
   """
   name: str
   joint_names: tuple[str, ...]
@@ -53,6 +55,7 @@ class Skeleton:
   pcp_limbs: tuple[PcpLimb, ...]
   normaliser: str
   torso_joints: tuple[int, int]
+  oks_sigmas: tuple[float, ...] = ()
 
   def __post_init__(self):
     j = len(self.joint_names)
@@ -66,6 +69,10 @@ class Skeleton:
     flipped = [i for pair in self.flip_pairs for i in pair]
     if len(set(flipped)) != len(flipped):
       raise ValueError(f"{self.name}: a joint appears in two flip pairs.")
+    if self.oks_sigmas and (len(self.oks_sigmas) != j
+                            or not all(s > 0 for s in self.oks_sigmas)):
+      raise ValueError(f"{self.name}: oks_sigmas must be {j} positive numbers, got "
+                       f"{list(self.oks_sigmas)}.")
     if self.normaliser not in ("torso", "head", "bbox"):
       raise ValueError(
           f"{self.name}: normaliser must be 'torso', 'head' or 'bbox', got "
@@ -101,7 +108,7 @@ class Skeleton:
       ) from None
 
 
-def _skeleton(name, joint_names, flip_pairs, limbs, pcp_parts, normaliser):
+def _skeleton(name, joint_names, flip_pairs, limbs, pcp_parts, normaliser, oks_sigmas=()):
   """Builds a Skeleton from joint *names* (readable tables, checked indices)."""
   idx = {n: i for i, n in enumerate(joint_names)}
 
@@ -116,6 +123,7 @@ def _skeleton(name, joint_names, flip_pairs, limbs, pcp_parts, normaliser):
       pcp_limbs=tuple(PcpLimb(n, end(a), end(b)) for n, a, b in pcp_parts),
       normaliser=normaliser,
       torso_joints=(idx["left_shoulder"], idx["right_hip"]),
+      oks_sigmas=tuple(oks_sigmas),
   )
 
 
@@ -179,6 +187,9 @@ COCO = _skeleton(
     # COCO has no head-top joint, so PCP has the nine body parts without the head.
     [_TORSO_PCP] + _ARMS_LEGS_PCP,
     "bbox",
+    # pycocotools' kpt_oks_sigmas (jhpe.oks.COCO_SIGMAS).
+    (.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087,
+     .087, .089, .089),
 )
 
 _SKELETONS = {s.name: s for s in (LSP, MPII, COCO)}

@@ -63,3 +63,51 @@ def test_annotations_zip_with_unpacked_image_folders(tmp_path, coco_zips):
     z.extractall(manual)
   builder = registry.prepare('coco_keypoints', str(tmp_path / 'tfds'), str(manual))
   assert list(builder.info.splits) == ['validation']  # train2017 images are absent...
+
+
+# --- OKS AP: ground truth fed back, a shift, detected boxes. ---------------------------
+
+
+def _gt_people(coco_zips):
+  from jhpe import skeletons  # pylint: disable=g-import-not-at-top
+  from jhpe.train import evaluators  # pylint: disable=g-import-not-at-top
+  a = pipeline.annotations('coco_keypoints', 'validation', data_dir=coco_zips['data_dir'])
+  metas = [dict(image_id=i, bbox=b) for i, b in zip(a['image_id'], a['bbox'])]
+  return a, metas, skeletons.COCO, evaluators.for_dataset('coco_keypoints')
+
+
+def test_ground_truth_as_predictions_is_ap_1_and_a_1px_shift_is_less(coco_zips):
+  from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+  a, metas, skeleton, evaluator = _gt_people(coco_zips)
+  gt = registry.gt_annotations('coco_keypoints', 'validation', coco_zips['manual'])
+  assert gt is not None  # Read from annotations_trainval2017.zip.
+  image_ids = sorted({int(i) for i in a['image_id']})
+  conf = np.ones(a['visible'].shape)
+  stats, scores, kept = coco_eval.score_people(metas, a['joints'], conf, gt, skeleton,
+                                               evaluator, image_ids)
+  assert stats['AP'] == pytest.approx(1.0) and stats['AR'] == pytest.approx(1.0)
+  assert kept.all() and np.allclose(scores, 1.0)
+  # People of 30 x 30 px area (COCO's small-to-medium range): one pixel matters.
+  for ann in gt['annotations']:
+    ann['area'] = 900.
+  shifted, _, _ = coco_eval.score_people(metas, a['joints'] + [1., 0.], conf, gt,
+                                         skeleton, evaluator, image_ids)
+  assert shifted['AP'] < 1.0
+  # The same from the stored examples alone (no annotation file at hand).
+  rebuilt = oks.gt_from_records([dict(m, annotation_id=k, joints=j, visible=v, area=900.)
+                                 for k, (m, j, v) in enumerate(zip(metas, a['joints'],
+                                                                   a['visible']))],
+                                skeleton.joint_names)
+  again, _, _ = coco_eval.score_people(metas, a['joints'] + [1., 0.], conf, rebuilt,
+                                       skeleton, evaluator, image_ids)
+  assert again['AP'] == pytest.approx(shifted['AP'])
+
+
+def test_person_scores_and_oks_nms():
+  conf = np.array([[0.9, 0.1, 0.5], [0.1, 0.1, 0.1]])
+  np.testing.assert_allclose(oks.person_scores(conf, [0.5, 1.0]), [0.5 * 0.7, 0.0])
+  pose = np.array([[10., 10.], [20., 30.], [15., 50.]])
+  joints = np.stack([pose, pose + 0.5, pose + 40, pose])
+  keep = oks.oks_nms([1, 1, 1, 2], joints, [0.5, 0.9, 0.4, 0.1], [900.] * 4, [0.08] * 3)
+  assert keep == [1, 2, 3]  # The duplicate of pose 1 goes; another image's stays.
+  assert oks.oks_nms([1, 1], joints[:2], [0.5, 0.9], [900.] * 2, [0.08] * 3, 1.0) == [0, 1]

@@ -132,6 +132,15 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
   return builder
 
 
+def gt_annotations(name, split, manual_dir=None):
+  """The split's COCO-format ground truth (a dict) where the dataset's builder module can
+  find its annotation file (`gt_annotations(split, manual_dir, config)`), else None."""
+  base, config = split_name(name)
+  module = importlib.import_module(DATASETS[base].builder.partition(':')[0])
+  find = getattr(module, 'gt_annotations', None)
+  return find(split, manual_dir or default_manual_dir(), config) if find else None
+
+
 def normaliser(name, fields):
   """Per-person metric normalisers in original pixels (N,) float32, from stored fields.
 

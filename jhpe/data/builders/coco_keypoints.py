@@ -246,8 +246,9 @@ class CocoKeypoints(common.PoseBuilder):
 coco_oks_ap = oks.coco_oks_ap
 
 
-def gt_annotations(split, manual_dir):
+def gt_annotations(split, manual_dir, config=None):
   """The split's ground-truth dict from the manual_dir (folder or official zip), or None."""
+  del config  # One configuration.
   location = annotation_location(manual_dir, SPLITS[split]) if (
       manual_dir and split in SPLITS) else None
   return None if location is None else load_coco_json(location)
@@ -256,3 +257,12 @@ def gt_annotations(split, manual_dir):
 def image_reader(root, split_dir):
   """Reads a split's images by file name from root/<split_dir>/ or root/<split_dir>.zip."""
   return _Images(root, split_dir)
+
+
+def image_bytes(split, manual_dir, config=None):
+  """file name -> the bytes of a split's image from the manual_dir, or None if absent."""
+  del config
+  if not manual_dir or split not in SPLITS or not _has_images(manual_dir, SPLITS[split]):
+    return None
+  reader = _Images(manual_dir, SPLITS[split])
+  return lambda file_name: reader.read(file_name)[0]
