@@ -111,3 +111,77 @@ def test_person_scores_and_oks_nms():
   keep = oks.oks_nms([1, 1, 1, 2], joints, [0.5, 0.9, 0.4, 0.1], [900.] * 4, [0.08] * 3)
   assert keep == [1, 2, 3]  # The duplicate of pose 1 goes; another image's stays.
   assert oks.oks_nms([1, 1], joints[:2], [0.5, 0.9], [900.] * 2, [0.08] * 3, 1.0) == [0, 1]
+
+
+@pytest.fixture(scope='module')
+def coco_workdir(coco_zips, tmp_path_factory):
+  """A tiny hourglass workdir for coco_keypoints at its initial weights (step 1): the
+  evaluation is under test here, not training."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jhpe.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('coco_run'))
+  config = config_lib.Config(
+      model='hourglass', model_kwargs=dict(num_stacks=1, num_features=8, depth=1),
+      dataset='coco_keypoints', eval_split='validation', data_dir=coco_zips['data_dir'],
+      manual_dir=coco_zips['manual'], input_size=32, batch_size=4, eval_batch_size=4,
+      flip_test=False).validate()
+  config_lib.save_config(config, workdir)
+  state = state_lib.create_train_state(jax.random.PRNGKey(0),
+                                       config_lib.build_model(config), config)
+  manager = checkpoint.make_manager(workdir, async_save=False)
+  checkpoint.save(manager, 1, state.to_dict())
+  manager.wait_until_finished()
+  manager.close()
+  return workdir
+
+
+def _evaluate(*flags):
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,g-multiple-import
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, '-m', 'experiments.evaluate', *flags], cwd=repo,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=repo))
+
+
+def test_evaluate_reports_oks_ap_with_ground_truth_and_detected_boxes(coco_zips,
+                                                                      coco_workdir):
+  from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  table = eval_lib.format_table(eval_lib.evaluate_workdir(coco_workdir, figures=False))
+  assert 'OKS AP on coco_keypoints validation (6 people' in table
+  assert 'AP50' in table and 'boxes: ground truth; ground truth: annotation file' in table
+  with open(f'{coco_workdir}/eval/coco_keypoints_validation.json') as f:
+    gt_boxes = json.load(f)
+  assert gt_boxes['metric'] == 'OKS AP' and gt_boxes['mean'] == gt_boxes['oks']['AP']
+  assert set(oks.STAT_NAMES) <= set(gt_boxes['oks']) and gt_boxes['pck']['mean'] is not None
+  with open(f'{coco_workdir}/eval/coco_keypoints_validation_coco_results.json') as f:
+    results = json.load(f)
+  assert len(results) == gt_boxes['oks']['kept_by_oks_nms'] >= 1
+  assert set(results[0]) == {'image_id', 'category_id', 'keypoints', 'score'}
+  assert len(results[0]['keypoints']) == 51
+
+  # Detected boxes: 6 jittered people + 3 false positives at 0.1; the threshold drops those.
+  dets = f'{coco_zips["manual"]}/person_detections_val2017.json'
+  for threshold, people in ((0.0, 9), (0.5, 6)):
+    eval_lib.evaluate_workdir(coco_workdir, figures=False, person_boxes=dets,
+                              box_score_threshold=threshold, oks_nms_threshold=1.0)
+    with open(f'{coco_workdir}/eval/coco_keypoints_validation_detected_boxes.json') as f:
+      detected = json.load(f)
+    assert detected['oks']['boxes'] == dets and detected['oks']['people'] == people
+    assert detected['num_examples'] == people and 'per_joint' not in detected
+    with open(f'{coco_workdir}/eval/'
+              'coco_keypoints_validation_detected_boxes_predictions.json') as f:
+      predictions = json.load(f)
+    assert all(p['box_score'] >= threshold for p in predictions)
+  # The ground-truth-box evaluation was not overwritten.
+  with open(f'{coco_workdir}/eval/coco_keypoints_validation.json') as f:
+    assert json.load(f) == gt_boxes
+
+
+def test_bad_person_boxes_file_is_one_line(tmp_path, coco_workdir):
+  bad = tmp_path / 'dets.json'
+  bad.write_text(json.dumps([{'image_id': 400009, 'bbox': [1, 2, -3, 4], 'score': 1}]))
+  proc = _evaluate(f'--workdir={coco_workdir}', f'--person_boxes={bad}')
+  assert proc.returncode != 0 and 'entry 0' in proc.stderr
+  assert 'Traceback' not in proc.stderr
