@@ -185,3 +185,71 @@ def test_bad_person_boxes_file_is_one_line(tmp_path, coco_workdir):
   proc = _evaluate(f'--workdir={coco_workdir}', f'--person_boxes={bad}')
   assert proc.returncode != 0 and 'entry 0' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+# --- Person boxes in the predictor and jhpe-predict. -----------------------------------
+
+
+@pytest.fixture(scope='module')
+def val_images(coco_zips, tmp_path_factory):
+  """The val2017 images as files (COCO's names: the 12-digit image id)."""
+  out = tmp_path_factory.mktemp('val_images')
+  with zipfile.ZipFile(f'{coco_zips["manual"]}/val2017.zip') as z:
+    z.extractall(out)
+  return sorted((out / 'val2017').glob('*.jpg'))
+
+
+def test_predictor_predicts_every_person_of_an_image_from_boxes(coco_workdir, val_images):
+  from jhpe import predict  # pylint: disable=g-import-not-at-top
+  predictor = predict.load(coco_workdir)
+  boxes = [(10., 5., 40., 100.), (90., 20., 50., 120.)]
+  out = predictor.predict_people(str(val_images[-1]), boxes)
+  assert out['joints'].shape == (2, 17, 2) and out['confidence'].shape == (2, 17)
+  for k, box in enumerate(boxes):  # The same as one person at a time.
+    one = predictor(str(val_images[-1]), box=box)
+    np.testing.assert_allclose(out['joints'][k], one['joints'], atol=1e-3)
+  assert predictor.predict_people(str(val_images[-1]), [])['joints'].shape == (0, 17, 2)
+
+
+def test_read_boxes_both_formats(tmp_path, val_images):
+  from jhpe import predict_cli  # pylint: disable=g-import-not-at-top
+  paths = [str(p) for p in val_images]
+  simple = tmp_path / 'boxes.json'
+  simple.write_text(json.dumps({val_images[0].name: [[1, 2, 30, 40], [50, 2, 30, 40]]}))
+  boxes = predict_cli.read_boxes(str(simple), paths)
+  assert boxes[paths[0]] == [[1., 2., 30., 40.], [50., 2., 30., 40.]]
+  assert boxes[paths[1]] == []
+  coco = tmp_path / 'dets.json'
+  image_id = int(val_images[1].stem)
+  coco.write_text(json.dumps([dict(image_id=image_id, bbox=[1, 2, 3, 4], score=0.9),
+                              dict(image_id=image_id, bbox=[5, 2, 3, 4], score=0.2)]))
+  assert predict_cli.read_boxes(str(coco), paths, 0.5)[paths[1]] == [[1., 2., 3., 4.]]
+  simple.write_text(json.dumps({'other.jpg': [[1, 2, 30, 40]]}))
+  with pytest.raises(ValueError, match='no box for any'):
+    predict_cli.read_boxes(str(simple), paths)
+  simple.write_text(json.dumps({val_images[0].name: [[1, 2, -30, 40]]}))
+  with pytest.raises(ValueError, match='must be'):
+    predict_cli.read_boxes(str(simple), paths)
+
+
+def test_cli_boxes_writes_one_prediction_per_box(tmp_path, coco_zips, coco_workdir,
+                                                 val_images):
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,g-multiple-import
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  dets = f'{coco_zips["manual"]}/person_detections_val2017.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jhpe.predict', f'--workdir={coco_workdir}',
+       f'--boxes={dets}', '--box_score_threshold=0.5', f'--output={tmp_path}',
+       *map(str, val_images)], cwd=repo, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=repo))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '3 people' in proc.stdout  # The third image has three.
+  with open(tmp_path / 'predictions.json') as f:
+    records = json.load(f)['predictions']
+  kept = [d for d in json.load(open(dets)) if d['score'] >= 0.5]
+  assert len(records) == len(kept) == 6
+  assert sorted(r['box'] for r in records) == sorted(
+      np.round(d['bbox'], 2).tolist() for d in kept)
+  assert all(np.asarray(r['joints']).shape == (17, 2) for r in records)
+  assert len({r['overlay'] for r in records}) == 3 and all(
+      os.path.isfile(r['overlay']) for r in records)

@@ -103,16 +103,21 @@ def add_oks(results, predictions, evaluator, *, dataset, split, source, index, j
   return results
 
 
-def read_person_boxes(path, score_threshold=0.0, category_id=1):
+def read_person_boxes(path, score_threshold=0.0, category_id=1, flag='--person_boxes',
+                      entries=None):
   """Person boxes from a COCO results file: [{'image_id', 'bbox': [x, y, w, h], 'score',
-  'category_id'?}, ...] -> the boxes of `category_id` scored >= `score_threshold`."""
-  try:
-    with open(path) as f:
-      entries = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'--person_boxes={path}: not a readable JSON file ({e}).') from e
+  'category_id'?}, ...] -> the boxes of `category_id` scored >= `score_threshold`.
+
+  `flag` names the file in errors; `entries`: the file's list when already loaded.
+  """
+  if entries is None:
+    try:
+      with open(path) as f:
+        entries = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'{flag}={path}: not a readable JSON file ({e}).') from e
   if not isinstance(entries, list):
-    raise ValueError(f'--person_boxes={path}: expected a list of {{"image_id", "bbox", '
+    raise ValueError(f'{flag}={path}: expected a list of {{"image_id", "bbox", '
                      '"score"}} (COCO results format).')
   boxes = []
   for k, e in enumerate(entries):
@@ -123,7 +128,7 @@ def read_person_boxes(path, score_threshold=0.0, category_id=1):
     except (KeyError, TypeError, ValueError):
       ok = False
     if not ok:
-      raise ValueError(f'--person_boxes={path}: entry {k} {str(e)[:80]} is not '
+      raise ValueError(f'{flag}={path}: entry {k} {str(e)[:80]} is not '
                        '{"image_id": int, "bbox": [x, y, w, h] (w, h > 0), "score": float}.')
     if e.get('category_id', category_id) == category_id and entry['score'] >= score_threshold:
       boxes.append(entry)
