@@ -17,6 +17,7 @@ Normalisers (``Skeleton.normaliser``):
 """
 
 import dataclasses
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -195,8 +196,50 @@ COCO = _skeleton(
 _SKELETONS = {s.name: s for s in (LSP, MPII, COCO)}
 
 
+def load_skeleton(path: str) -> Skeleton:
+  """A custom keypoint set from its description file (JSON; see README, custom keypoints):
+
+    {"name": "mouse", "keypoints": ["snout", "left_ear", ...],
+     "flip_pairs": [["left_ear", "right_ear"], ...], "limbs": [["snout", "left_ear"], ...],
+     "oks_sigmas": [0.025, ...]}
+
+  Keypoints are named; pairs and limbs name them. Its metrics are OKS AP (with its sigmas)
+  and PCK of sqrt(area), so its normaliser is 'bbox'; it has no PCP parts.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      spec = json.load(f)
+    names = [str(n) for n in spec["keypoints"]]
+    idx = {n: i for i, n in enumerate(names)}
+    pairs = {key: tuple((idx[a], idx[b]) for a, b in spec.get(key, ()))
+             for key in ("flip_pairs", "limbs")}
+    sigmas = tuple(float(x) for x in spec["oks_sigmas"])
+    name = str(spec.get("name") or os.path.splitext(os.path.basename(path))[0])
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable keypoint set description ({e}).") from None
+  except KeyError as e:
+    raise ValueError(f"{path}: {e} is not given, or a pair names a keypoint not in "
+                     f"'keypoints' {list(spec.get('keypoints', []))} (a keypoint set "
+                     "names 'keypoints', 'flip_pairs', 'limbs', 'oks_sigmas').") from None
+  except TypeError as e:
+    raise ValueError(f"{path}: flip_pairs and limbs are lists of [name, name] ({e})."
+                     ) from None
+  if not names:
+    raise ValueError(f"{path}: 'keypoints' is empty.")
+  try:
+    return Skeleton(name=name, joint_names=tuple(names), flip_pairs=pairs["flip_pairs"],
+                    limbs=pairs["limbs"], pcp_limbs=(), normaliser="bbox",
+                    torso_joints=(0, 0), oks_sigmas=sigmas)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
 def get_skeleton(name: str) -> Skeleton:
-  """Returns the skeleton 'lsp', 'mpii' or 'coco' (case-insensitive)."""
+  """Returns the skeleton 'lsp', 'mpii' or 'coco' (case-insensitive), or the custom set
+  described by a .json file (`load_skeleton`)."""
+  if isinstance(name, str) and name.lower().endswith(".json"):
+    return load_skeleton(name)
   try:
     return _SKELETONS[name.lower()]
   except (KeyError, AttributeError):

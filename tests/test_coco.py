@@ -253,3 +253,92 @@ def test_cli_boxes_writes_one_prediction_per_box(tmp_path, coco_zips, coco_workd
   assert all(np.asarray(r['joints']).shape == (17, 2) for r in records)
   assert len({r['overlay'] for r in records}) == 3 and all(
       os.path.isfile(r['overlay']) for r in records)
+
+
+# --- A custom keypoint set: coco_format:spec.json. -------------------------------------
+
+
+def _custom_set(root):
+  """An invented 5-keypoint animal set (category 3) in COCO format, with its description."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  (root / 'images').mkdir(parents=True)
+  template = np.array([[.1, .5], [.3, .2], [.3, .8], [.7, .5], [.95, .5]])
+  splits = {}
+  for split, ids in (('train', range(1, 7)), ('val', range(50, 53))):
+    images, anns = [], []
+    for image_id in ids:
+      name = f'{split}_{image_id}.jpg'
+      img = Image.fromarray(rng.integers(60, 120, (64, 80, 3), dtype=np.uint8))
+      draw = ImageDraw.Draw(img)
+      x, y, w, h = rng.uniform(2, 20), rng.uniform(2, 20), rng.uniform(40, 56), 36.
+      kp = np.concatenate([template * [w, h] + [x, y], np.full((5, 1), 2.)], axis=1)
+      for (a, b) in ((0, 1), (0, 2), (1, 3), (2, 3), (3, 4)):
+        draw.line([tuple(kp[a, :2]), tuple(kp[b, :2])], fill=(240, 200, 40), width=3)
+      img.save(root / 'images' / name)
+      images.append(dict(id=image_id, file_name=name, width=80, height=64))
+      anns.append(dict(id=image_id, image_id=image_id, category_id=3, iscrowd=0,
+                       num_keypoints=5, keypoints=np.round(kp, 2).reshape(-1).tolist(),
+                       bbox=[x, y, w, h], area=0.7 * w * h))
+    cats = [dict(id=3, name='mouse', keypoints=['snout', 'left_ear', 'right_ear', 'back',
+                                                  'tail'])]
+    (root / f'{split}.json').write_text(json.dumps(dict(images=images, annotations=anns,
+                                                        categories=cats)))
+  spec = dict(name='mouse', keypoints=cats[0]['keypoints'],
+              flip_pairs=[['left_ear', 'right_ear']],
+              limbs=[['snout', 'left_ear'], ['snout', 'right_ear'], ['left_ear', 'back'],
+                     ['right_ear', 'back'], ['back', 'tail']],
+              oks_sigmas=[0.025, 0.035, 0.035, 0.079, 0.089],
+              splits=dict(train=dict(annotations='train.json', images='images'),
+                          validation=dict(annotations='val.json', images='images')))
+  (root / 'mouse.json').write_text(json.dumps(spec))
+  return str(root / 'mouse.json')
+
+
+def test_custom_keypoint_set_trains_and_evaluates(tmp_path):
+  from jhpe import skeletons  # pylint: disable=g-import-not-at-top
+  from jhpe.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.train import loop  # pylint: disable=g-import-not-at-top
+  spec = _custom_set(tmp_path / 'mouse')
+  dataset = f'coco_format:{spec}'
+  skeleton = skeletons.get_skeleton(registry.get_spec(dataset).skeleton)
+  assert skeleton.name == 'mouse' and skeleton.num_joints == 5
+  assert skeleton.flip_pairs == ((1, 2),)
+  config = config_lib.Config(
+      model='hourglass', model_kwargs=dict(num_stacks=1, num_features=8, depth=1),
+      dataset=dataset, eval_split='validation', data_dir=str(tmp_path / 'tfds'),
+      input_size=32, batch_size=2, eval_batch_size=2, num_train_steps=3, log_every=1,
+      eval_every=0, checkpoint_every=3, flip_test=True).validate()
+  workdir = str(tmp_path / 'run')
+  result = loop.train_and_evaluate(config, workdir)
+  assert result['step'] == 3
+  a = pipeline.annotations(dataset, 'train', data_dir=config.data_dir)
+  assert a['joints'].shape == (6, 5, 2)
+  results = eval_lib.evaluate_workdir(workdir, figures=False)
+  assert results['metric'] == 'OKS AP' and 0.0 <= results['mean'] <= 1.0
+  assert results['oks']['ground_truth'] == 'annotation file'
+  assert results['pck']['metric'] == 'PCK@0.2' and set(results['per_joint']) >= {
+      'snout', 'tail'}
+  tag = 'coco_format_mouse_validation'
+  with open(f'{workdir}/eval/{tag}_coco_results.json') as f:
+    assert len(json.load(f)[0]['keypoints']) == 15
+  # The ground truth scored against itself through the same evaluation is perfect.
+  gt = registry.gt_annotations(dataset, 'validation')
+  people = [dict(image_id=a['image_id'], joints=np.asarray(a['keypoints']).reshape(5, 3)[
+      :, :2] - 0.5, score=1.) for a in gt['annotations']]
+  assert oks.coco_oks_ap(people, gt, skeleton.oks_sigmas)['AP'] == pytest.approx(1.0)
+
+
+def test_bad_keypoint_set_file_is_named(tmp_path):
+  from jhpe import skeletons  # pylint: disable=g-import-not-at-top
+  bad = tmp_path / 'bad.json'
+  bad.write_text(json.dumps(dict(keypoints=['a', 'b'], flip_pairs=[['a', 'c']],
+                                 oks_sigmas=[0.1, 0.1])))
+  with pytest.raises(ValueError, match="bad.json: 'c'"):
+    skeletons.get_skeleton(str(bad))
+  bad.write_text(json.dumps(dict(keypoints=['a', 'b'], oks_sigmas=[0.1])))
+  with pytest.raises(ValueError, match='bad.json.*oks_sigmas must be 2'):
+    skeletons.get_skeleton(str(bad))
+  with pytest.raises(ValueError, match='does not exist'):
+    registry.split_name(f'coco_format:{tmp_path}/none.json')

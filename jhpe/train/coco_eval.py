@@ -189,8 +189,8 @@ def detection_source(dataset, split, path, *, skeleton, score_threshold=0.0, dat
                      f'{len(unknown) - 1} more) is not an image of {dataset!r} {split!r}.')
   if not boxes:
     raise ValueError(f'--person_boxes={path}: no box scored >= {score_threshold}.')
-  base, config = registry.split_name(dataset)
-  module = __import__(registry.DATASETS[base].builder.partition(':')[0], fromlist=['_'])
+  _, config = registry.split_name(dataset)
+  module = __import__(registry.get_spec(dataset).builder.partition(':')[0], fromlist=['_'])
   files_reader = []
 
   def image_bytes(image_id):

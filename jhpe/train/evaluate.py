@@ -42,7 +42,8 @@ def eval_tag(results: dict) -> str:
 
 def dataset_tag(dataset: str, split: str) -> str:
   """'synthetic/tiny', 'test' -> 'synthetic_tiny_test' (a file-name-safe tag)."""
-  return f"{dataset}_{split}".replace("/", "_").replace("+", "_")
+  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  return f"{registry.file_safe(dataset)}_{split}"
 
 
 def skeleton_of(dataset: str) -> skeletons_lib.Skeleton:

@@ -86,26 +86,26 @@ def load_coco_json(location):
   return coco
 
 
-def load_instances(annotation_file):
+def load_instances(annotation_file, category_id=1):
   """person_keypoints_*.json (a location or the loaded dict) -> (images by id, sorted
-  usable person annotations)."""
+  usable annotations of `category_id`)."""
   coco = annotation_file if isinstance(annotation_file, dict) else load_coco_json(
       annotation_file)
   images = {im['id']: im for im in coco['images']}
   anns = [a for a in coco['annotations']
-          if a.get('category_id', 1) == 1 and not a.get('iscrowd', 0)
+          if a.get('category_id', 1) == category_id and not a.get('iscrowd', 0)
           and a.get('num_keypoints', 0) > 0]
   anns.sort(key=lambda a: (a['image_id'], a['id']))
   return images, anns
 
 
-def parse_instance(ann, where):
-  """-> joints (17, 2) pixel-centre coordinates, visible (17,), bbox (4,), area."""
+def parse_instance(ann, where, num_joints=NUM_JOINTS):
+  """-> joints (J, 2) pixel-centre coordinates, visible (J,), bbox (4,), area."""
   kp = np.asarray(ann.get('keypoints', ()), np.float64)
-  if kp.shape != (3 * NUM_JOINTS,):
+  if kp.shape != (3 * num_joints,):
     raise common.BadExampleError(f'{where}: keypoints have {kp.size} values, expected '
-                                 f'{3 * NUM_JOINTS} (x, y, v for 17 joints).')
-  kp = kp.reshape(NUM_JOINTS, 3)
+                                 f'{3 * num_joints} (x, y, v for {num_joints} joints).')
+  kp = kp.reshape(num_joints, 3)
   visible = (kp[:, 2] > 0).astype(np.float32)
   joints = np.where(visible[:, None] > 0, kp[:, :2] - 0.5, 0.0)
   bbox = np.asarray(ann.get('bbox', ()), np.float64)
@@ -211,13 +211,14 @@ class CocoKeypoints(common.PoseBuilder):
 
   def _split_generators(self, dl_manager):
     sources = self._sources(dl_manager)
-    return {split: self._generate_examples(sources[d][1], d, sources[d][0])
+    return {split: self._generate_examples(_Images(sources[d][1], d), sources[d][0])
             for split, d in SPLITS.items() if d in sources}
 
-  def _generate_examples(self, root, split_dir, annotation_file):
-    images, anns = load_instances(annotation_file)
+  def _generate_examples(self, reader, annotation_file, num_joints=NUM_JOINTS,
+                         category_id=1):
+    """One example per usable instance; `reader.read(file_name)` -> (bytes, path)."""
+    images, anns = load_instances(annotation_file, category_id)
     annotation_file = describe(annotation_file)
-    reader = _Images(root, split_dir)
     counter = common.SkipCounter(self.skip_bad_examples, self.name)
     self.skipped = counter.skipped
     for i, ann in enumerate(anns):
@@ -226,7 +227,7 @@ class CocoKeypoints(common.PoseBuilder):
         image = images.get(ann['image_id'])
         if image is None:
           raise common.BadExampleError(f'{where}: unknown image_id {ann["image_id"]}.')
-        joints, visible, bbox, area = parse_instance(ann, where)
+        joints, visible, bbox, area = parse_instance(ann, where, num_joints)
         data, path = reader.read(image['file_name'])
         where = f'{path} ({where})'
         size = common.image_size(data, where)
