@@ -132,7 +132,8 @@ def coco_oks_ap(predictions, annotations, sigmas=None, image_ids=None):
     image_ids: the images evaluated (default those with a prediction).
 
   Returns:
-    dict: 'AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl'.
+    dict: 'AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl' (None
+    where undefined: no ground-truth person in that area range).
   """
   try:
     from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
@@ -167,4 +168,5 @@ def coco_oks_ap(predictions, annotations, sigmas=None, image_ids=None):
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-  return {n: float(v) for n, v in zip(STAT_NAMES, evaluator.stats)}
+  # COCOeval's -1: no ground truth in that area range (e.g. APl without large people).
+  return {n: float(v) if v >= 0 else None for n, v in zip(STAT_NAMES, evaluator.stats)}

@@ -166,12 +166,12 @@ def test_evaluate_reports_oks_ap_with_ground_truth_and_detected_boxes(coco_zips,
   for threshold, people in ((0.0, 9), (0.5, 6)):
     eval_lib.evaluate_workdir(coco_workdir, figures=False, person_boxes=dets,
                               box_score_threshold=threshold, oks_nms_threshold=1.0)
-    with open(f'{coco_workdir}/eval/coco_keypoints_validation_detected_boxes.json') as f:
+    with open(f'{coco_workdir}/eval/coco_keypoints_validation_detected_boxes_oksnms1.json') as f:
       detected = json.load(f)
     assert detected['oks']['boxes'] == dets and detected['oks']['people'] == people
     assert detected['num_examples'] == people and 'per_joint' not in detected
     with open(f'{coco_workdir}/eval/'
-              'coco_keypoints_validation_detected_boxes_predictions.json') as f:
+              'coco_keypoints_validation_detected_boxes_oksnms1_predictions.json') as f:
       predictions = json.load(f)
     assert all(p['box_score'] >= threshold for p in predictions)
   # The ground-truth-box evaluation was not overwritten.

@@ -92,7 +92,7 @@ def add_oks(results, predictions, evaluator, *, dataset, split, source, index, j
   if 'mean' in results:
     results['pck'] = {'metric': results['metric'], 'mean': results['mean']}
   results.update(
-      metric='OKS AP', mean=stats['AP'],
+      metric='OKS AP', mean=stats['AP'] or 0.,
       oks={**stats, 'boxes': source.path if detected else 'ground truth',
            'ground_truth': gt_from, 'people': len(metas), 'kept_by_oks_nms': int(kept.sum()),
            'images': len(image_ids), 'keypoint_threshold': evaluator.keypoint_threshold,
@@ -208,3 +208,51 @@ def detection_source(dataset, split, path, *, skeleton, score_threshold=0.0, dat
 
   return DetectionSource(boxes, gt, image_bytes, skeleton.num_joints, path=os.fspath(path),
                          score_threshold=score_threshold, gt_from=gt_from)
+
+
+def evaluator_and_loader(config, skeleton, person_boxes=None, box_score_threshold=0.0,
+                         nms_threshold=oks.OKS_NMS_THRESHOLD):
+  """The evaluator of config.dataset (OKS-NMS threshold set where it is an OKS one) and,
+  with `person_boxes`, the loader of the detected-box crops (else None: the split)."""
+  from jhpe.train import evaluators  # pylint: disable=g-import-not-at-top
+  evaluator = evaluators.for_dataset(config.dataset)
+  if isinstance(evaluator, evaluators.OksEvaluator):
+    evaluator = evaluators.for_dataset(config.dataset, nms_threshold=nms_threshold)
+  if not person_boxes:
+    return evaluator, None
+  if not isinstance(evaluator, evaluators.OksEvaluator):
+    raise ValueError(f'--person_boxes: dataset {config.dataset!r} is scored by '
+                     f'{evaluator.title}, which needs its ground-truth people; detected '
+                     'boxes are for OKS AP datasets (coco_keypoints, coco_format:...).')
+  return evaluator, detection_loader(config, person_boxes, skeleton, box_score_threshold)
+
+
+def write_coco_results(path, predictions):
+  """The people kept by OKS-NMS in COCO results format (`jhpe.oks.to_coco_results`)."""
+  from jhpe import files  # pylint: disable=g-import-not-at-top
+  files.write_json(path, oks.to_coco_results(p for p in predictions if p.get('kept', True)),
+                   indent=None)
+
+
+def detection_loader(config, path, skeleton, score_threshold=0.0):
+  """This process's shard of the detected-box crops of config.dataset / config.eval_split
+  as padded eval batches (`jhpe.train.evaluate.evaluate`'s loader)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jhpe.data import pipeline  # pylint: disable=g-import-not-at-top
+  source = detection_source(config.dataset, config.eval_split, path, skeleton=skeleton,
+                            score_threshold=score_threshold,
+                            data_dir=config.data_dir or None,
+                            manual_dir=config.manual_dir or None)
+  return pipeline.make_loader(
+      config.dataset, config.eval_split, canvas_size=config.input_size, train=False,
+      batch_size=config.global_eval_batch_size // jax.process_count(),
+      shard_index=jax.process_index(), shard_count=jax.process_count(), source=source)
+
+
+def table_lines(results):
+  """The OKS lines of the printed evaluation table."""
+  o = results['oks']
+  return ['  ' + '  '.join(f'{k} n/a' if o[k] is None else f'{k} {100 * o[k]:.1f}' for k in
+                           ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR')),
+          f"  boxes: {o['boxes']}; ground truth: {o['ground_truth']}; "
+          f"{o['kept_by_oks_nms']} of {o['people']} people kept by OKS-NMS"]

@@ -242,10 +242,9 @@ def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[st
   files.write_json(paths[0], results)
   files.write_json(paths[1], predictions, indent=None)
   if "oks" in results:
-    from jhpe import oks  # pylint: disable=g-import-not-at-top
-    files.write_json(os.path.join(out_dir, f"{tag}_coco_results.json"),
-                     oks.to_coco_results(p for p in predictions if p.get("kept", True)),
-                     indent=None)
+    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+    coco_eval.write_coco_results(os.path.join(out_dir, f"{tag}_coco_results.json"),
+                                 predictions)
   return paths
 
 
@@ -254,11 +253,8 @@ def format_table(results: dict) -> str:
   lines = [f"{results['metric']} on {results['dataset']} {results['split']} "
            f"({results['num_examples']} people, step {results.get('step', '?')}):"]
   if "oks" in results:
-    o = results["oks"]
-    lines.append("  " + "  ".join(f"{k} {100 * o[k]:.1f}" for k in
-                                  ("AP", "AP50", "AP75", "APm", "APl", "AR")))
-    lines.append(f"  boxes: {o['boxes']}; ground truth: {o['ground_truth']}; "
-                 f"{o['kept_by_oks_nms']} of {o['people']} people kept by OKS-NMS")
+    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+    lines += coco_eval.table_lines(results)
   if "per_joint" not in results:
     return "\n".join(lines)
   if "per_joint_metric" in results:
@@ -330,25 +326,10 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   overrides = {**(overrides or {}), "dataset": dataset, "eval_split": split}
   config.replace(**overrides).validate(num_devices=jax.device_count(),
                                        num_processes=jax.process_count())
-  evaluator = evaluators.for_dataset(dataset)
-  loader = None
-  if isinstance(evaluator, evaluators.OksEvaluator):
-    evaluator = evaluators.for_dataset(dataset, nms_threshold=oks_nms_threshold)
-  if person_boxes:
-    if not isinstance(evaluator, evaluators.OksEvaluator):
-      raise ValueError(f"--person_boxes: dataset {dataset!r} is scored by "
-                       f"{evaluator.title}, which needs its ground-truth people; detected "
-                       "boxes are for OKS AP datasets (coco_keypoints, coco_format:...).")
-    from jhpe.data import pipeline  # pylint: disable=g-import-not-at-top
-    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
-    c = config.replace(**overrides)
-    source = coco_eval.detection_source(
-        dataset, split, person_boxes, skeleton=target, score_threshold=box_score_threshold,
-        data_dir=c.data_dir or None, manual_dir=c.manual_dir or None)
-    loader = pipeline.make_loader(
-        dataset, split, batch_size=c.global_eval_batch_size // jax.process_count(),
-        canvas_size=c.input_size, train=False, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), source=source)
+  from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+  evaluator, loader = coco_eval.evaluator_and_loader(
+      config.replace(**overrides), target, person_boxes, box_score_threshold,
+      oks_nms_threshold)
   config, model, variables, step = ckpt.load_model(workdir, which, overrides)
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
   results, predictions, figure_inputs = evaluate(
@@ -364,8 +345,8 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
     variant += "_flip" if config.flip_test else "_noflip"
   if tuple(config.test_scales) != tuple(trained_with.test_scales):
     variant += "_scales" + "-".join(f"{s:g}" for s in config.test_scales)
-  if person_boxes:
-    variant += "_detected_boxes"
+  variant += ("_detected_boxes" if person_boxes else "") + (
+      f"_oksnms{oks_nms_threshold:g}" if oks_nms_threshold != 0.9 else "")
   if variant:
     results["variant"] = variant
   if jax.process_index() == 0:
