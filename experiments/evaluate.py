@@ -98,7 +98,9 @@ def main(argv: Sequence[str]) -> None:
         overrides=overrides, figures=FLAGS.figures, person_boxes=FLAGS.person_boxes,
         box_score_threshold=FLAGS.box_score_threshold,
         oks_nms_threshold=FLAGS.oks_nms_threshold)
-  except ValueError as e:  # CheckpointError is one.
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    # CheckpointError is a ValueError; FileNotFoundError: dataset files (COCO images);
+    # ImportError: pycocotools for OKS AP (`pip install -e ".[coco]"`).
     common.fail(str(e).splitlines()[0] if str(e) else repr(e))
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
