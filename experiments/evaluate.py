@@ -4,6 +4,7 @@ r"""Evaluates a training workdir's checkpoint on any dataset split.
   python -m experiments.evaluate --workdir=DIR --which=best --dataset=lsp --split=test
   python -m experiments.evaluate --workdir=DIR --decode=taylor --noflip_test  # a variant
   python -m experiments.evaluate --workdir=DIR --test_scales=0.8,1,1.2  # multi-scale test
+  python -m experiments.evaluate --workdir=DIR --person_boxes=dets.json  # COCO, detected
   python -m experiments.evaluate --workdir=DIR --which=4000 --dataset=synthetic/tiny \
       --data_dir=/tmp/tfds
 
@@ -38,6 +39,14 @@ flags.DEFINE_string("dataset", "", "Dataset, e.g. lsp, mpii, synthetic/tiny ('' 
 flags.DEFINE_string("split", "", "Split ('' = the workdir's evaluation split).")
 flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples (0 = all).")
 flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
+flags.DEFINE_string("person_boxes", None, "OKS AP datasets (COCO): a COCO results file "
+                    "of detected person boxes ([{image_id, bbox: [x, y, w, h], score}]) "
+                    "to cut the people from, instead of the ground-truth boxes; writes "
+                    "eval/<dataset>_<split>_detected_boxes*.json.")
+flags.DEFINE_float("box_score_threshold", 0.0, "With --person_boxes: keep the boxes "
+                   "scored at least this.")
+flags.DEFINE_float("oks_nms_threshold", 0.9, "OKS AP datasets: OKS-NMS of each image's "
+                   "poses at this OKS (1 = off), as the top-down papers.")
 # Config fields this evaluation may change; unset, each keeps the workdir's value. Their
 # help and choices are the fields' (jhpe/train/config.py).
 _OVERRIDES = ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test",
@@ -86,8 +95,12 @@ def main(argv: Sequence[str]) -> None:
     results = eval_lib.evaluate_workdir(
         FLAGS.workdir, which=which, dataset=FLAGS.dataset or None,
         split=FLAGS.split or None, num_examples=FLAGS.num_examples,
-        overrides=overrides, figures=FLAGS.figures)
-  except ValueError as e:  # CheckpointError is one.
+        overrides=overrides, figures=FLAGS.figures, person_boxes=FLAGS.person_boxes,
+        box_score_threshold=FLAGS.box_score_threshold,
+        oks_nms_threshold=FLAGS.oks_nms_threshold)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    # CheckpointError is a ValueError; FileNotFoundError: dataset files (COCO images);
+    # ImportError: pycocotools for OKS AP (`pip install -e ".[coco]"`).
     common.fail(str(e).splitlines()[0] if str(e) else repr(e))
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:

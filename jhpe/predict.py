@@ -4,6 +4,7 @@ r"""Inference: a `Predictor` from a shipped model or a training workdir, and the
   predictor = jhpe.load('workdirs/hourglass_lsp', decode='taylor')   # a run, a setting changed
   out = predictor('photo.jpg')                             # a file: whole image = the person
   out = predictor(image, box=(x, y, w, h))                 # an array, a person box
+  out = predictor.predict_people('group.jpg', [(x, y, w, h), ...])  # several people
   out['joints']       # (J, 2) float32, original pixels (x, y), pixel centres at integers
   out['confidence']   # (J,) float32, the decoded heatmap peak (1.0 for regression models)
 
@@ -193,13 +194,39 @@ class Predictor:
         scales=None if scale is None else [scale])
     return {'joints': joints[0], 'confidence': confidence[0]}
 
-  def predict_batch(self, images, boxes=None, *, centers=None, scales=None):
+  def predict_people(self, image, boxes):
+    """Predicts every person of one image from their boxes (top-down: one crop each).
+
+    Args:
+      image: a file path, its bytes, a PIL image or an array (read once).
+      boxes: P person boxes (x, y, w, h) in pixels, e.g. a detector's.
+
+    Returns:
+      {'joints': (P, J, 2) float32 original pixels, 'confidence': (P, J) float32,
+       'boxes': (P, 4) float32}.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4) if len(boxes) else np.zeros(
+        (0, 4), np.float32)
+    name = 'image'
+    if isinstance(image, (str, os.PathLike)):
+      name = f'image {os.fspath(image)!r}'
+      image = inference.read_bytes(os.fspath(image))
+    elif isinstance(image, Image.Image):
+      image = np.asarray(inference.pil_rgb(image))
+    # Each crop is cut from the same encoded bytes or array, as the evaluation cuts each
+    # person of an image.
+    joints, confidence = self.predict_batch([image] * len(boxes), list(boxes),
+                                            name=name)
+    return {'joints': joints, 'confidence': confidence, 'boxes': boxes}
+
+  def predict_batch(self, images, boxes=None, *, centers=None, scales=None, name=None):
     """Predicts one person in each of N images.
 
     Args:
       images: sequence of N images (paths, bytes, PIL images or arrays; sizes may differ).
       boxes: optional N person boxes (x, y, w, h), each may be None (whole image).
       centers, scales: alternatively N centres (x, y) and N sizes in pixels.
+      name: what errors call the images (default 'images[i]').
 
     Returns:
       joints (N, J, 2) float32 original pixels, confidence (N, J) float32.
@@ -217,7 +244,8 @@ class Predictor:
       # Canvases are cut chunk by chunk: a long list of images never sits in memory twice.
       cut = [self.prepare(images[i], None if boxes is None else boxes[i],
                           None if centers is None else centers[i],
-                          None if scales is None else scales[i], name=f'images[{i}]')
+                          None if scales is None else scales[i],
+                          name=name or f'images[{i}]')
              for i in range(start, min(n, start + self.max_batch))]
       x = np.stack([canvas for canvas, _ in cut])
       m = np.stack([matrix for _, matrix in cut])

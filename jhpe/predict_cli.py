@@ -2,6 +2,8 @@ r"""The predict command line: `jhpe-predict` / `python -m jhpe.predict`.
 
   jhpe-predict photo.jpg                          # the shipped model, ./predict/
   jhpe-predict --workdir=DIR --decode=taylor --noflip_test photos/ clip.mp4
+  jhpe-predict --box=40,10,80,200 photo.jpg       # one person, its box
+  jhpe-predict --boxes=boxes.json group.jpg       # several people: one prediction per box
 
 Inputs are image files, folders (their image and video files, in name order) and videos.
 Images: one overlay PNG each and `predictions.json` (joints in original pixels, confidences,
@@ -11,6 +13,7 @@ Bad input is one line `jhpe.predict: error: ...` naming the file or flag, exit s
 before anything is written.
 """
 
+import json
 import os
 import sys
 import time
@@ -78,11 +81,69 @@ def expand_inputs(paths):
   return images, videos
 
 
-def predict_files(predictor, image_paths, output_dir, log=print):
+def parse_box(text):
+  """'x,y,w,h' -> [x, y, w, h] (ValueError naming --box)."""
+  try:
+    box = [float(v) for v in text.split(',')]
+  except ValueError:
+    box = []
+  if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+    raise ValueError(f'--box={text}: expected x,y,w,h in pixels with w, h > 0.')
+  return box
+
+
+def read_boxes(path, image_paths, score_threshold=0.0):
+  """--boxes=FILE -> {image path: [[x, y, w, h], ...]} for the images given.
+
+  The file is either {image file name: [[x, y, w, h], ...]} (a name as given or its base
+  name) or a COCO results list [{'image_id', 'bbox', 'score'}] (a detector's person boxes,
+  those scored >= `score_threshold`), matched to images named by their id as COCO's are
+  (000000000139.jpg is image_id 139). An image with no entry has no person.
+  """
+  from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top  # Light.
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'--boxes={path}: not a readable JSON file ({e}).') from e
+  out = {p: [] for p in image_paths}
+  if isinstance(data, list):
+    by_id = {}
+    for b in coco_eval.read_person_boxes(path, score_threshold, flag='--boxes',
+                                         entries=data):
+      by_id.setdefault(b['image_id'], []).append(b['bbox'].tolist())
+    for p in image_paths:
+      stem = os.path.splitext(os.path.basename(p))[0]
+      if stem.isdigit():
+        out[p] = by_id.get(int(stem), [])
+  elif isinstance(data, dict):
+    for p in image_paths:
+      boxes = data.get(p, data.get(os.path.basename(p), []))
+      try:
+        out[p] = [parse_box(','.join(str(v) for v in b)) for b in boxes]
+      except (TypeError, ValueError):
+        raise ValueError(f'--boxes={path}: the boxes of {os.path.basename(p)!r} must be '
+                         f'[[x, y, w, h], ...] with w, h > 0, got {str(boxes)[:80]}.'
+                         ) from None
+  else:
+    raise ValueError(f'--boxes={path}: expected {{image name: [[x, y, w, h], ...]}} or a '
+                     'COCO results list [{"image_id", "bbox", "score"}].')
+  if image_paths and not any(out.values()):
+    raise ValueError(f'--boxes={path}: no box for any of the {len(image_paths)} images '
+                     '(keys are image file names; COCO results match images named by '
+                     'their image_id).')
+  return out
+
+
+def predict_files(predictor, image_paths, output_dir, log=print, boxes=None):
   """The CLI's work on images: predicts each, writes overlays and predictions.json.
 
   Every image's header is read before anything is written, so a missing or unreadable
   image fails before touching `output_dir`; no output ever replaces an input.
+
+  Args:
+    boxes: optional {image path: [[x, y, w, h], ...]}: the people of each image (one
+      prediction per box, all drawn); without, the whole image is the person.
 
   Returns:
     The path of predictions.json.
@@ -96,19 +157,30 @@ def predict_files(predictor, image_paths, output_dir, log=print):
   records = []
   for path, name in zip(image_paths, names):
     start = time.perf_counter()
-    out = predictor(path)
+    if boxes is None:
+      out = predictor(path)
+      people = [(None, out['joints'], out['confidence'])]
+    else:
+      out = predictor.predict_people(path, boxes[path])
+      people = list(zip(out['boxes'].tolist(), out['joints'], out['confidence']))
     seconds = time.perf_counter() - start
     image = inference.read_image(path)
     png = os.path.join(output_dir, name)
-    viz.plot_skeleton(image, out['joints'], predictor.skeleton,
-                      title=os.path.basename(path), path=png).clear()
-    records.append({'image': os.path.abspath(path), 'overlay': png,
-                    'joints': np.round(out['joints'], 3).tolist(),
-                    'confidence': np.round(out['confidence'], 5).tolist(),
-                    'seconds': round(seconds, 4)})
+    viz.plot_skeleton(image, np.stack([j for _, j, _ in people]) if people else np.zeros(
+        (0, predictor.num_joints, 2)), predictor.skeleton, title=os.path.basename(path),
+                      path=png, boxes=None if boxes is None else boxes[path]).clear()
+    first = not records
+    for box, joints, confidence in people:  # One prediction per person (box).
+      records.append({'image': os.path.abspath(path), 'overlay': png,
+                      **({} if box is None else {'box': np.round(box, 2).tolist()}),
+                      'joints': np.round(joints, 3).tolist(),
+                      'confidence': np.round(confidence, 5).tolist(),
+                      'seconds': round(seconds / max(len(people), 1), 4)})
     # The first image's time includes compiling the model for this batch shape.
-    log(f'{path}: {png}  mean confidence {float(np.mean(out["confidence"])):.2f}  '
-        f'{1000 * seconds:.0f} ms{" (with compilation)" if len(records) == 1 else ""}')
+    shown = (f'mean confidence {float(np.mean(out["confidence"])):.2f}' if people
+             else 'no person box')
+    log(f'{path}: {png}  {len(people)} {"person" if len(people) == 1 else "people"}, '
+        f'{shown}  {1000 * seconds:.0f} ms{" (with compilation)" if first else ""}')
   out_path = os.path.join(output_dir, 'predictions.json')
   files.write_json(out_path, {
       'model': predictor.source, 'step': predictor.step,
@@ -149,11 +221,20 @@ def _main(argv):
     predictor = load(model, which=which, flip_test=f.flip_test, decode=f.decode,
                      test_scales=scales)
     output = f.output or (os.path.join(f.workdir, 'predict') if f.workdir else 'predict')
+    if f.box and f.boxes:
+      raise ValueError('give --box (one person box for every image) or --boxes=FILE, not '
+                       'both.')
+    boxes = None
+    if f.box:
+      box = parse_box(f.box)
+      boxes = {p: [box] for p in images}
+    elif f.boxes:
+      boxes = read_boxes(f.boxes, images, f.box_score_threshold)
     print(f'{model}: step {predictor.step}, flip test {predictor.flip_test}, decode '
           f'{predictor.decode}, scales {",".join(map(str, predictor.test_scales))}',
           flush=True)
     if images:
-      print(predict_files(predictor, images, output), flush=True)
+      print(predict_files(predictor, images, output, boxes=boxes), flush=True)
     for video in videos:
       from jhpe import video as video_lib  # pylint: disable=g-import-not-at-top
       out = video_lib.predict_video(predictor, video, output,
@@ -189,5 +270,13 @@ def run():
                     "(default: the run's own).")
   flags.DEFINE_bool('smoothing', False, 'Videos: One-Euro temporal smoothing of the '
                     'joints (jhpe.video).')
+  flags.DEFINE_string('box', None, 'Images: the person box x,y,w,h in pixels (default: '
+                      'the whole image is the person).')
+  flags.DEFINE_string('boxes', None, 'Images: a JSON of person boxes, several per image: '
+                      '{"image.jpg": [[x, y, w, h], ...]} or a detector\'s COCO results '
+                      '[{"image_id", "bbox", "score"}] (images named by their id). One '
+                      'prediction per box; all drawn.')
+  flags.DEFINE_float('box_score_threshold', 0.0, '--boxes in COCO results format: keep '
+                     'the boxes scored at least this.')
   flags.DEFINE_bool('verbose', False, 'Show the libraries\' logging (JAX, orbax, absl).')
   app.run(_main)

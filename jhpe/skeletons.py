@@ -17,6 +17,7 @@ Normalisers (``Skeleton.normaliser``):
 """
 
 import dataclasses
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +46,8 @@ class Skeleton:
     pcp_limbs: the body parts scored by PCP.
     normaliser: 'torso' | 'head' | 'bbox' (see the module docstring).
     torso_joints: (left shoulder, right hip) indices: the person-centric torso for PCK.
+    oks_sigmas: (J,) per-joint OKS sigmas (COCO's for 'coco', a custom set's own; empty
+      where OKS is not used).
   """
   name: str
   joint_names: tuple[str, ...]
@@ -53,6 +56,7 @@ class Skeleton:
   pcp_limbs: tuple[PcpLimb, ...]
   normaliser: str
   torso_joints: tuple[int, int]
+  oks_sigmas: tuple[float, ...] = ()
 
   def __post_init__(self):
     j = len(self.joint_names)
@@ -66,6 +70,10 @@ class Skeleton:
     flipped = [i for pair in self.flip_pairs for i in pair]
     if len(set(flipped)) != len(flipped):
       raise ValueError(f"{self.name}: a joint appears in two flip pairs.")
+    if self.oks_sigmas and (len(self.oks_sigmas) != j
+                            or not all(s > 0 for s in self.oks_sigmas)):
+      raise ValueError(f"{self.name}: oks_sigmas must be {j} positive numbers, got "
+                       f"{list(self.oks_sigmas)}.")
     if self.normaliser not in ("torso", "head", "bbox"):
       raise ValueError(
           f"{self.name}: normaliser must be 'torso', 'head' or 'bbox', got "
@@ -101,7 +109,7 @@ class Skeleton:
       ) from None
 
 
-def _skeleton(name, joint_names, flip_pairs, limbs, pcp_parts, normaliser):
+def _skeleton(name, joint_names, flip_pairs, limbs, pcp_parts, normaliser, oks_sigmas=()):
   """Builds a Skeleton from joint *names* (readable tables, checked indices)."""
   idx = {n: i for i, n in enumerate(joint_names)}
 
@@ -116,6 +124,7 @@ def _skeleton(name, joint_names, flip_pairs, limbs, pcp_parts, normaliser):
       pcp_limbs=tuple(PcpLimb(n, end(a), end(b)) for n, a, b in pcp_parts),
       normaliser=normaliser,
       torso_joints=(idx["left_shoulder"], idx["right_hip"]),
+      oks_sigmas=tuple(oks_sigmas),
   )
 
 
@@ -179,13 +188,58 @@ COCO = _skeleton(
     # COCO has no head-top joint, so PCP has the nine body parts without the head.
     [_TORSO_PCP] + _ARMS_LEGS_PCP,
     "bbox",
+    # pycocotools' kpt_oks_sigmas (jhpe.oks.COCO_SIGMAS).
+    (.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087,
+     .087, .089, .089),
 )
 
 _SKELETONS = {s.name: s for s in (LSP, MPII, COCO)}
 
 
+def load_skeleton(path: str) -> Skeleton:
+  """A custom keypoint set from its description file (JSON; see README, custom keypoints):
+
+    {"name": "mouse", "keypoints": ["snout", "left_ear", ...],
+     "flip_pairs": [["left_ear", "right_ear"], ...], "limbs": [["snout", "left_ear"], ...],
+     "oks_sigmas": [0.025, ...]}
+
+  Keypoints are named; pairs and limbs name them. Its metrics are OKS AP (with its sigmas)
+  and PCK of sqrt(area), so its normaliser is 'bbox'; it has no PCP parts.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      spec = json.load(f)
+    names = [str(n) for n in spec["keypoints"]]
+    idx = {n: i for i, n in enumerate(names)}
+    pairs = {key: tuple((idx[a], idx[b]) for a, b in spec.get(key, ()))
+             for key in ("flip_pairs", "limbs")}
+    sigmas = tuple(float(x) for x in spec["oks_sigmas"])
+    name = str(spec.get("name") or os.path.splitext(os.path.basename(path))[0])
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable keypoint set description ({e}).") from None
+  except KeyError as e:
+    raise ValueError(f"{path}: {e} is not given, or a pair names a keypoint not in "
+                     f"'keypoints' {list(spec.get('keypoints', []))} (a keypoint set "
+                     "names 'keypoints', 'flip_pairs', 'limbs', 'oks_sigmas').") from None
+  except TypeError as e:
+    raise ValueError(f"{path}: flip_pairs and limbs are lists of [name, name] ({e})."
+                     ) from None
+  if not names:
+    raise ValueError(f"{path}: 'keypoints' is empty.")
+  try:
+    return Skeleton(name=name, joint_names=tuple(names), flip_pairs=pairs["flip_pairs"],
+                    limbs=pairs["limbs"], pcp_limbs=(), normaliser="bbox",
+                    torso_joints=(0, 0), oks_sigmas=sigmas)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
 def get_skeleton(name: str) -> Skeleton:
-  """Returns the skeleton 'lsp', 'mpii' or 'coco' (case-insensitive)."""
+  """Returns the skeleton 'lsp', 'mpii' or 'coco' (case-insensitive), or the custom set
+  described by a .json file (`load_skeleton`)."""
+  if isinstance(name, str) and name.lower().endswith(".json"):
+    return load_skeleton(name)
   try:
     return _SKELETONS[name.lower()]
   except (KeyError, AttributeError):

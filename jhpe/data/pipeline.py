@@ -222,7 +222,7 @@ class Loader:
 
 def make_loader(dataset, split, *, data_dir=None, batch_size, canvas_size, train, seed=0,
                 num_epochs=None, shard_index=0, shard_count=1, skip_bad_examples=False,
-                worker_count=0, manual_dir=None, prefetch_buffer_size=2):
+                worker_count=0, manual_dir=None, prefetch_buffer_size=2, source=None):
   """A grain loader of canvas batches (see the module docstring for the batch).
 
   Args:
@@ -242,6 +242,8 @@ def make_loader(dataset, split, *, data_dir=None, batch_size, canvas_size, train
     worker_count: grain worker processes (0 = decode in the main process).
     manual_dir: where the official archives are (building only).
     prefetch_buffer_size: batches prefetched by each worker (worker_count > 0).
+    source: random access over records to use instead of the built split (e.g. the
+      person crops of detected boxes, `jhpe.train.coco_eval`).
 
   Returns:
     A `Loader`.
@@ -253,11 +255,14 @@ def make_loader(dataset, split, *, data_dir=None, batch_size, canvas_size, train
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index must be in [0, shard_count={shard_count}), got '
                      f'{shard_index}.')
-  source = data_source(dataset, split, data_dir=data_dir, manual_dir=manual_dir,
-                       skip_bad_examples=skip_bad_examples)
-  names = _names(dataset)
-  names_offsets = tuple((n, int(source.offsets[k]), int(source.offsets[k + 1]))
-                        for k, n in enumerate(names))
+  if source is None:
+    source = data_source(dataset, split, data_dir=data_dir, manual_dir=manual_dir,
+                         skip_bad_examples=skip_bad_examples)
+    names = _names(dataset)
+    names_offsets = tuple((n, int(source.offsets[k]), int(source.offsets[k + 1]))
+                          for k, n in enumerate(names))
+  else:
+    names_offsets = ((dataset, 0, len(source)),)
   transform = HostTransform(source, dataset, split, canvas_size, names_offsets,
                             skip_bad_examples, pad_invalid=not train)
   indices = grain.MapDataset.range(len(source))[shard_index::shard_count]

@@ -51,17 +51,44 @@ DATASETS = {
                              'test'),
 }
 
+# Datasets named by a file: 'coco_format:PATH/spec.json' (any COCO-format keypoint set and
+# its keypoint set description; jhpe/data/builders/coco_format.py). The skeleton is the file.
+FILE_DATASETS = {
+    'coco_format': DatasetSpec('jhpe.data.builders.coco_format:CocoFormat', '', 'area',
+                               'oks_ap', 'validation'),
+}
+
+
 def split_name(name):
-  """'synthetic/tiny' -> ('synthetic', 'tiny'); 'lsp' -> ('lsp', None)."""
+  """'synthetic/tiny' -> ('synthetic', 'tiny'); 'lsp' -> ('lsp', None);
+  'coco_format:PATH' -> ('coco_format', PATH) (the file must exist)."""
+  base, sep, path = name.partition(':')
+  if sep and base in FILE_DATASETS:
+    if not os.path.isfile(path):
+      raise ValueError(f'dataset {name!r}: the description file {path!r} does not exist '
+                       f'(expected {base}:PATH/spec.json).')
+    return base, path
   base, _, config = name.partition('/')
   if base not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)} '
-                     "(optionally with a config, e.g. 'synthetic/tiny', or joined by '+').")
+                     "(optionally with a config, e.g. 'synthetic/tiny', or joined by '+'), "
+                     'or coco_format:PATH/spec.json (a COCO-format keypoint set).')
   return base, (config or None)
 
 
 def get_spec(name):
-  return DATASETS[split_name(name)[0]]
+  base, config = split_name(name)
+  if base in FILE_DATASETS:
+    return dataclasses.replace(FILE_DATASETS[base], skeleton=os.path.abspath(config))
+  return DATASETS[base]
+
+
+def file_safe(name):
+  """A dataset name as a file-name part: 'coco_format:/a/mouse.json' -> 'coco_format_mouse'."""
+  base, sep, path = name.partition(':')
+  if sep and base in FILE_DATASETS:
+    name = f'{base}_{os.path.splitext(os.path.basename(path))[0]}'
+  return name.replace('/', '_').replace('+', '_')
 
 
 def default_data_dir():
@@ -80,8 +107,10 @@ def default_manual_dir():
 def get_builder(name, data_dir=None, **builder_kwargs):
   """The TFDS builder of dataset `name` (array_record files), not necessarily built."""
   base, config = split_name(name)
-  spec = DATASETS[base]
-  if config is not None:
+  spec = get_spec(name)
+  if base in FILE_DATASETS:
+    builder_kwargs['spec_path'] = config
+  elif config is not None:
     builder_kwargs['config'] = config
   return spec.builder_cls(data_dir=data_dir or default_data_dir(),
                           file_format='array_record', **builder_kwargs)
@@ -121,7 +150,7 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
   builder = get_builder(name, data_dir, **builder_kwargs)
   if builder.is_prepared():
     return builder
-  lock = os.path.join(data_dir, f'.{name.replace("/", "_")}.lock')
+  lock = os.path.join(data_dir, f'.{file_safe(name)}.lock')
   with _lock(lock):
     builder = get_builder(name, data_dir, **builder_kwargs)
     if not builder.is_prepared():
@@ -130,6 +159,15 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
           download_config=tfds.download.DownloadConfig(
               manual_dir=manual_dir, try_download_gcs=False))
   return builder
+
+
+def gt_annotations(name, split, manual_dir=None):
+  """The split's COCO-format ground truth (a dict) where the dataset's builder module can
+  find its annotation file (`gt_annotations(split, manual_dir, config)`), else None."""
+  base, config = split_name(name)
+  module = importlib.import_module(get_spec(name).builder.partition(':')[0])
+  find = getattr(module, 'gt_annotations', None)
+  return find(split, manual_dir or default_manual_dir(), config) if find else None
 
 
 def normaliser(name, fields):

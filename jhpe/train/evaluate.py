@@ -42,7 +42,8 @@ def eval_tag(results: dict) -> str:
 
 def dataset_tag(dataset: str, split: str) -> str:
   """'synthetic/tiny', 'test' -> 'synthetic_tiny_test' (a file-name-safe tag)."""
-  return f"{dataset}_{split}".replace("/", "_").replace("+", "_")
+  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  return f"{registry.file_safe(dataset)}_{split}"
 
 
 def skeleton_of(dataset: str) -> skeletons_lib.Skeleton:
@@ -72,7 +73,7 @@ def _gather(tree):
 def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str,
              mesh=None, num_examples: int = 0, loader=None,
              should_stop: Optional[Callable[[], bool]] = None,
-             collect_figures: bool = False) -> tuple[dict, list, dict]:
+             collect_figures: bool = False, evaluator=None) -> tuple[dict, list, dict]:
   """Predicts every example of `dataset`/`split` and scores it.
 
   Args:
@@ -86,6 +87,9 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
     should_stop: polled between batches; True raises `Preempted`.
     collect_figures: keep what the figures need (best/worst canvases, one example's
       stage heatmaps).
+    evaluator: default `evaluators.for_dataset(dataset)`. An `OksEvaluator` adds OKS AP
+      (`coco_eval.add_oks`); over a `coco_eval.DetectionSource` loader (detected person
+      boxes, no matched ground truth per crop) it is the only metric.
 
   Returns:
     (results, predictions, figure_inputs): results {'metric', 'mean', 'per_joint', 'pcp',
@@ -96,7 +100,10 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   mesh = mesh or steps_lib.make_mesh()
   skeleton = skeleton_of(dataset)
   loader = loader or make_eval_loader(config, dataset, split)
-  evaluator = evaluators.for_dataset(dataset)
+  evaluator = evaluator or evaluators.for_dataset(dataset)
+  from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+  detected = isinstance(loader.source, coco_eval.DetectionSource)
+  collect_figures = collect_figures and not detected
   eval_fn = steps_lib.make_eval_step(model, config, skeleton.flip_permutation, mesh)
   variables = steps_lib.replicate_mesh(
       {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
@@ -144,8 +151,8 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
 
   results = {
       "dataset": dataset, "split": split,
-      **evaluator.score(pred, gt, visible, res["normaliser"], skeleton,
-                        stage_joints=res["stage_joints"]),
+      **({} if detected else evaluator.score(pred, gt, visible, res["normaliser"], skeleton,
+                                             stage_joints=res["stage_joints"])),
       "num_examples": int(len(res["index"])),
       "flip_test": config.flip_test, "decode": config.decode,
       "test_scales": list(config.test_scales),
@@ -159,6 +166,11 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
        "joints": np.round(p.astype(np.float64), 2).tolist(),
        "confidence": np.round(c.astype(np.float64), 4).tolist()}
       for i, p, c in zip(res["index"].tolist(), pred, res["confidence"])]
+  if isinstance(evaluator, evaluators.OksEvaluator):
+    coco_eval.add_oks(results, predictions, evaluator, dataset=dataset, split=split,
+                      source=loader.source, index=res["index"], joints=pred,
+                      confidence=res["confidence"], skeleton=skeleton,
+                      manual_dir=config.manual_dir or None)
   figure_inputs = {}
   if collect_figures and grid:
     figure_inputs = _figure_inputs(grid, ids, variables, model, config, skeleton,
@@ -220,7 +232,8 @@ def _figure_inputs(grid, ids, variables, model, config, skeleton, results, evalu
 
 
 def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[str, str]:
-  """Writes eval/<tag>.json and eval/<tag>_predictions.json (atomically)."""
+  """Writes eval/<tag>.json and eval/<tag>_predictions.json (atomically); with OKS AP also
+  eval/<tag>_coco_results.json, the people kept by OKS-NMS in COCO results format."""
   tag = eval_tag(results)
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
@@ -228,6 +241,10 @@ def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[st
            os.path.join(out_dir, f"{tag}_predictions.json"))
   files.write_json(paths[0], results)
   files.write_json(paths[1], predictions, indent=None)
+  if "oks" in results:
+    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+    coco_eval.write_coco_results(os.path.join(out_dir, f"{tag}_coco_results.json"),
+                                 predictions)
   return paths
 
 
@@ -235,6 +252,13 @@ def format_table(results: dict) -> str:
   """The per-joint table printed at the end of a run."""
   lines = [f"{results['metric']} on {results['dataset']} {results['split']} "
            f"({results['num_examples']} people, step {results.get('step', '?')}):"]
+  if "oks" in results:
+    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+    lines += coco_eval.table_lines(results)
+  if "per_joint" not in results:
+    return "\n".join(lines)
+  if "per_joint_metric" in results:
+    lines.append(f"  {results['per_joint_metric']}, mean {100 * results['pck']['mean']:.2f}:")
   width = max(len(k) for k in results["per_joint"])
   for name, value in results["per_joint"].items():
     shown = "   n/a" if value is None else f"{100 * value:6.2f}"
@@ -268,10 +292,15 @@ def save_figures(workdir: str, results: dict, figure_inputs: dict) -> dict:
 
 def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[str] = None,
                      split: Optional[str] = None, num_examples: int = 0,
-                     overrides: Optional[dict] = None, figures: bool = True) -> dict:
+                     overrides: Optional[dict] = None, figures: bool = True,
+                     person_boxes: Optional[str] = None, box_score_threshold: float = 0.0,
+                     oks_nms_threshold: float = 0.9) -> dict:
   """Evaluates a workdir's checkpoint ('latest', 'best' or a step) on any dataset split.
 
   Writes eval/<dataset>_<split>.json and the predictions file; returns the results.
+  OKS AP datasets (COCO): `person_boxes`, a COCO results file of detected person boxes
+  (those scored >= `box_score_threshold`), replaces the ground-truth boxes (files tagged
+  `_detected_boxes`); `oks_nms_threshold` is OKS-NMS's (>= 1: off).
 
   Raises:
     ValueError: no config.json; an unknown dataset or split; a dataset whose skeleton is
@@ -297,11 +326,15 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   overrides = {**(overrides or {}), "dataset": dataset, "eval_split": split}
   config.replace(**overrides).validate(num_devices=jax.device_count(),
                                        num_processes=jax.process_count())
+  from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
+  evaluator, loader = coco_eval.evaluator_and_loader(
+      config.replace(**overrides), target, person_boxes, box_score_threshold,
+      oks_nms_threshold)
   config, model, variables, step = ckpt.load_model(workdir, which, overrides)
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
   results, predictions, figure_inputs = evaluate(
       variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
-      collect_figures=figures)
+      collect_figures=figures, loader=loader, evaluator=evaluator)
   results.update(step=step, checkpoint=path)
   # Another decoding or flip test than the run's own goes to files of its own, so the
   # run's evaluation is never overwritten by a variant of it.
@@ -312,6 +345,8 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
     variant += "_flip" if config.flip_test else "_noflip"
   if tuple(config.test_scales) != tuple(trained_with.test_scales):
     variant += "_scales" + "-".join(f"{s:g}" for s in config.test_scales)
+  variant += ("_detected_boxes" if person_boxes else "") + (
+      f"_oksnms{oks_nms_threshold:g}" if oks_nms_threshold != 0.9 else "")
   if variant:
     results["variant"] = variant
   if jax.process_index() == 0:

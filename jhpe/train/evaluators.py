@@ -4,10 +4,12 @@ An evaluator turns a split's predictions (original pixels) into the named values
 eval JSON: the headline `mean`, `per_joint`, strict `pcp` (where the skeleton defines PCP
 parts), `error_types` (where the misses go), `per_stage` and the `pck_curve`.
 
-  PckEvaluator    PCK@0.2 with the dataset's normaliser (the torso: LSP, the synthetic set;
-                  sqrt(area) for COCO, a stand-in for OKS AP)
+  PckEvaluator    PCK@0.2 with the dataset's normaliser (the torso: LSP, the synthetic set)
   PckhEvaluator   PCKh@0.5 (MPII; the headline is the mean without pelvis and thorax, as
                   the MPII table)
+  OksEvaluator    COCO-style sets: the headline is OKS AP by pycocotools (`jhpe.oks`, run
+                  by `jhpe.train.coco_eval`), with ground-truth or detected person boxes;
+                  the per-joint table is PCK@0.2 of sqrt(area)
 """
 
 import dataclasses
@@ -98,9 +100,27 @@ class PckhEvaluator(PckEvaluator):
     return table.get("mean_without_pelvis_thorax", table["mean"])
 
 
-def for_dataset(dataset: str) -> PckEvaluator:
-  """The evaluator of a dataset, from its spec's normaliser."""
+@dataclasses.dataclass(frozen=True)
+class OksEvaluator(PckEvaluator):
+  """OKS AP (the headline, `jhpe.train.coco_eval`) beside PCK@0.2 of sqrt(area).
+
+  Attributes (the top-down protocol of SimpleBaselines / HRNet / mmpose, `jhpe.oks`):
+    keypoint_threshold: keypoints above it count in the person score.
+    nms_threshold: OKS-NMS between a split's poses of one image (>= 1: off).
+  """
+  keypoint_threshold: float = 0.2
+  nms_threshold: float = 0.9
+
+
+def for_dataset(dataset: str, **oks_options) -> PckEvaluator:
+  """The evaluator of a dataset, from its spec's metric and normaliser.
+
+  oks_options: `OksEvaluator` settings (datasets whose metric is 'oks_ap').
+  """
   from jhpe.data import registry  # pylint: disable=g-import-not-at-top  # Light.
-  if registry.get_spec(dataset).normaliser == "head":
+  spec = registry.get_spec(dataset)
+  if spec.metric == "oks_ap":
+    return OksEvaluator(**oks_options)
+  if spec.normaliser == "head":
     return PckhEvaluator()
   return PckEvaluator()

@@ -5,6 +5,7 @@ import os
 
 from matplotlib import figure as mpl_figure
 from matplotlib import lines as mpl_lines
+from matplotlib import patches as mpl_patches
 import numpy as np
 
 LEFT_COLOR = (0.0, 0.45, 1.0)  # Blue.
@@ -144,12 +145,13 @@ def _figure_legend(fig, handles, fontsize=8):
 
 
 def plot_skeleton(image, joints, skeleton, visible=None, *, title=None, path=None,
-                  min_inches=4.0, label='prediction'):
+                  min_inches=4.0, label='prediction', boxes=None):
   """One image with the skeleton drawn over it (the predict CLI's overlay).
 
   Args:
     image: (H, W, 3) uint8 image.
-    joints: (J, 2) joints in the image's pixels.
+    joints: (J, 2) joints in the image's pixels, or (P, J, 2): P people.
+    boxes: optional (P, 4) person boxes (x, y, w, h), drawn as thin rectangles.
     skeleton: the `Skeleton` of `joints`.
     visible: optional (J,) mask.
     title: optional title.
@@ -171,7 +173,11 @@ def plot_skeleton(image, joints, skeleton, visible=None, *, title=None, path=Non
   fig = mpl_figure.Figure(figsize=(w * zoom, h * zoom + strip))
   ax = fig.add_axes((0, strip / (h * zoom + strip), 1, h * zoom / (h * zoom + strip)))
   _show_image(ax, image)
-  draw_skeleton(ax, joints, skeleton, visible)
+  for person in np.asarray(joints).reshape(-1, skeleton.num_joints, 2):
+    draw_skeleton(ax, person, skeleton, visible)
+  for x, y, bw, bh in np.asarray(boxes if boxes is not None else [], float).reshape(-1, 4):
+    ax.add_patch(mpl_patches.Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False,
+                                       edgecolor='white', linewidth=0.8, alpha=0.7))
   if handles:
     fig.legend(handles=handles, loc='lower center', ncols=len(handles), fontsize=7,
                facecolor='0.2', edgecolor='none', framealpha=1.0, labelcolor='white',

@@ -2,9 +2,11 @@
 
 Inputs (in `manual_dir`, else downloaded from the official addresses):
 
-  annotations/person_keypoints_train2017.json, annotations/person_keypoints_val2017.json
-      (or annotations_trainval2017.zip holding them);
-  train2017/ and val2017/ image folders, or the official train2017.zip / val2017.zip.
+  annotations_trainval2017.zip (read in place), or its unpacked
+      annotations/person_keypoints_train2017.json, annotations/person_keypoints_val2017.json;
+  train2017.zip and val2017.zip (read in place), or the unpacked train2017/, val2017/.
+
+A split is built when its annotations are there (val2017 alone is enough to evaluate).
 
 Every instance with `iscrowd` = 0 and `num_keypoints` > 0 becomes an example with its box
 and area (what OKS needs). COCO keypoints (x, y, v) are continuous coordinates with the
@@ -13,7 +15,8 @@ x - 0.5, y - 0.5 (and `coco_oks_ap` adds the 0.5 back). v = 0: not labelled (vis
 v = 1 (labelled, occluded) and v = 2 are annotated (visible = 1), as in COCO's evaluation.
 `bbox` (x, y, w, h) and `area` are kept exactly as in the annotation file.
 
-Evaluation: `coco_oks_ap(predictions, annotation_file)` runs pycocotools' COCOeval.
+Evaluation: `jhpe.oks.coco_oks_ap(predictions, annotations)` runs pycocotools' COCOeval
+(`jhpe.train.evaluators.OksEvaluator` in the evaluation); `gt_annotations` finds the file.
 """
 
 import json
@@ -24,11 +27,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jhpe import geometry
+from jhpe import oks
 from jhpe.data.builders import common
 
 NUM_JOINTS = 17
 BASE_URL = 'http://images.cocodataset.org'
-ANNOTATIONS_URL = f'{BASE_URL}/annotations/annotations_trainval2017.zip'
+ANNOTATIONS_ZIP = 'annotations_trainval2017.zip'
+ANNOTATIONS_URL = f'{BASE_URL}/annotations/{ANNOTATIONS_ZIP}'
 SPLITS = {'train': 'train2017', 'validation': 'val2017'}
 
 _CITATION = """@inproceedings{lin2014microsoft,
@@ -36,38 +41,82 @@ _CITATION = """@inproceedings{lin2014microsoft,
   author = {Lin, Tsung-Yi and others}, booktitle = {ECCV}, year = {2014}}"""
 
 
-def load_instances(annotation_file):
-  """person_keypoints_*.json -> (images by id, sorted usable person annotations)."""
+def annotation_location(root, split_dir):
+  """Where person_keypoints_<split_dir>.json is under `root`, or None.
+
+  Returns:
+    the JSON's path (root/annotations/, the unpacked archive) or (archive path, member)
+    inside root/annotations_trainval2017.zip (the official download, read in place).
+  """
+  name = f'person_keypoints_{split_dir}.json'
+  path = os.path.join(root, 'annotations', name)
+  if os.path.isfile(path):
+    return path
+  archive = os.path.join(root, ANNOTATIONS_ZIP)
+  if os.path.isfile(archive):
+    return (archive, f'annotations/{name}')
+  return None
+
+
+def describe(location):
+  """A location's text for messages: 'path' or 'archive.zip:member'."""
+  return location if isinstance(location, str) else ':'.join(location)
+
+
+def load_coco_json(location):
+  """A COCO keypoints JSON from a path or (zip archive, member) -> dict (ValueError naming it)."""
+  where = describe(location)
   try:
-    with open(annotation_file) as f:
-      coco = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'{annotation_file}: not a readable COCO annotation file ({e}).') from e
+    if isinstance(location, str):
+      with open(location, 'rb') as f:
+        data = f.read()
+    else:
+      with zipfile.ZipFile(location[0]) as z:
+        data = z.read(location[1])
+    coco = json.loads(data)
+  except KeyError as e:
+    raise ValueError(f'{location[0]}: no member {location[1]!r} (the official '
+                     f'{ANNOTATIONS_ZIP} holds annotations/person_keypoints_*.json).') from e
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(f'{where}: not a readable COCO annotation file ({e}).') from e
   for key in ('images', 'annotations'):
     if key not in coco:
-      raise ValueError(f'{annotation_file}: no {key!r} list (a COCO keypoints file has '
+      raise ValueError(f'{where}: no {key!r} list (a COCO keypoints file has '
                        "'images', 'annotations' and 'categories').")
+  return coco
+
+
+def load_instances(annotation_file, category_id=1):
+  """person_keypoints_*.json (a location or the loaded dict) -> (images by id, sorted
+  usable annotations of `category_id`)."""
+  coco = annotation_file if isinstance(annotation_file, dict) else load_coco_json(
+      annotation_file)
   images = {im['id']: im for im in coco['images']}
   anns = [a for a in coco['annotations']
-          if a.get('category_id', 1) == 1 and not a.get('iscrowd', 0)
+          if a.get('category_id', 1) == category_id and not a.get('iscrowd', 0)
           and a.get('num_keypoints', 0) > 0]
   anns.sort(key=lambda a: (a['image_id'], a['id']))
   return images, anns
 
 
-def parse_instance(ann, where):
-  """-> joints (17, 2) pixel-centre coordinates, visible (17,), bbox (4,), area."""
+def parse_instance(ann, where, num_joints=NUM_JOINTS):
+  """-> joints (J, 2) pixel-centre coordinates, visible (J,), bbox (4,), area."""
   kp = np.asarray(ann.get('keypoints', ()), np.float64)
-  if kp.shape != (3 * NUM_JOINTS,):
+  if kp.shape != (3 * num_joints,):
     raise common.BadExampleError(f'{where}: keypoints have {kp.size} values, expected '
-                                 f'{3 * NUM_JOINTS} (x, y, v for 17 joints).')
-  kp = kp.reshape(NUM_JOINTS, 3)
+                                 f'{3 * num_joints} (x, y, v for {num_joints} joints).')
+  kp = kp.reshape(num_joints, 3)
   visible = (kp[:, 2] > 0).astype(np.float32)
   joints = np.where(visible[:, None] > 0, kp[:, :2] - 0.5, 0.0)
   bbox = np.asarray(ann.get('bbox', ()), np.float64)
   if bbox.shape != (4,) or bbox[2] <= 0 or bbox[3] <= 0:
     raise common.BadExampleError(f'{where}: bad bbox {bbox.tolist()} (x, y, w, h > 0).')
   return joints, visible, bbox, float(ann.get('area', bbox[2] * bbox[3]))
+
+
+def _has_images(root, split_dir):
+  return (os.path.isdir(os.path.join(root, split_dir))
+          or os.path.isfile(os.path.join(root, f'{split_dir}.zip')))
 
 
 class _Images:
@@ -106,9 +155,10 @@ class CocoKeypoints(common.PoseBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Place annotations/person_keypoints_{train,val}2017.json (from '
-      f'{ANNOTATIONS_URL}) and train2017/, val2017/ (folders or the official zips from '
-      f'{BASE_URL}/zips/) in the manual_dir.')
+      f'Place the official {ANNOTATIONS_ZIP} ({ANNOTATIONS_URL}), train2017.zip and '
+      f'val2017.zip ({BASE_URL}/zips/) in the manual_dir, as downloaded; unpacked '
+      'folders (annotations/person_keypoints_{train,val}2017.json, train2017/, val2017/) '
+      'work too.')
 
   def _info(self):
     return self.dataset_info_from_configs(
@@ -123,42 +173,52 @@ class CocoKeypoints(common.PoseBuilder):
         citation=_CITATION,
         disable_shuffling=True)
 
-  def _root(self, dl_manager):
+  def _sources(self, dl_manager):
+    """{split_dir: (annotation location, image root)}: each found in its own place.
+
+    The manual_dir may hold the annotations unpacked (annotations/) or as the official
+    zip (read in place), and each split's images as a folder or the official zip; without
+    a manual_dir everything is downloaded (each archive unpacks into its own folder).
+    """
     manual_dir = common.manual_dir_of(self, dl_manager)
-    if manual_dir and os.path.isdir(os.path.join(manual_dir, 'annotations')):
-      return os.fspath(manual_dir)
-    if manual_dir and os.path.exists(os.path.join(manual_dir,
-                                                  'annotations_trainval2017.zip')):
-      with zipfile.ZipFile(os.path.join(manual_dir, 'annotations_trainval2017.zip')) as z:
-        z.extractall(os.path.join(os.fspath(dl_manager.extract_dir), 'coco'))
-      return os.path.join(os.fspath(dl_manager.extract_dir), 'coco')
+    if manual_dir:
+      found = {d: (annotation_location(manual_dir, d), manual_dir)
+               for d in SPLITS.values()}
+      found = {d: v for d, v in found.items() if v[0] is not None}
+      if not found:
+        raise FileNotFoundError(
+            f'No COCO keypoint annotations in manual_dir {manual_dir!r}: expected '
+            f'{ANNOTATIONS_ZIP} or annotations/person_keypoints_train2017.json / '
+            f'_val2017.json ({ANNOTATIONS_URL}).')
+      # A split is built where its images are there too (val2017 alone: evaluation only).
+      with_images = {d: v for d, v in found.items() if _has_images(manual_dir, d)}
+      if not with_images:
+        raise FileNotFoundError(
+            f'No COCO images in manual_dir {manual_dir!r}: expected val2017.zip and/or '
+            f'train2017.zip (or the unpacked val2017/, train2017/) from {BASE_URL}/zips/.')
+      return with_images
     try:
       paths = dl_manager.download_and_extract({
           'annotations': ANNOTATIONS_URL,
           **{s: f'{BASE_URL}/zips/{s}.zip' for s in SPLITS.values()}})
     except Exception as e:
       raise FileNotFoundError(
-          f'COCO not found in manual_dir {manual_dir!r} (annotations/ and the image '
-          f'folders) and downloading from {BASE_URL} failed ({type(e).__name__}: {e}).'
-      ) from e
-    return os.fspath(paths['annotations'])  # pragma: no cover (needs the network)
+          f'COCO not found (no manual_dir holding {ANNOTATIONS_ZIP} and the image '
+          f'archives or folders) and downloading from {BASE_URL} failed '
+          f'({type(e).__name__}: {e}).') from e
+    return {d: (annotation_location(os.fspath(paths['annotations']), d),  # pragma: no cover
+                os.fspath(paths[d])) for d in SPLITS.values()}
 
   def _split_generators(self, dl_manager):
-    root = self._root(dl_manager)
-    out = {}
-    for split, split_dir in SPLITS.items():
-      ann = os.path.join(root, 'annotations', f'person_keypoints_{split_dir}.json')
-      if os.path.exists(ann):
-        out[split] = self._generate_examples(root, split_dir, ann)
-    if not out:
-      raise FileNotFoundError(
-          f'No COCO keypoint annotations in {os.path.join(root, "annotations")!r}: '
-          f'expected person_keypoints_train2017.json / _val2017.json ({ANNOTATIONS_URL}).')
-    return out
+    sources = self._sources(dl_manager)
+    return {split: self._generate_examples(_Images(sources[d][1], d), sources[d][0])
+            for split, d in SPLITS.items() if d in sources}
 
-  def _generate_examples(self, root, split_dir, annotation_file):
-    images, anns = load_instances(annotation_file)
-    reader = _Images(root, split_dir)
+  def _generate_examples(self, reader, annotation_file, num_joints=NUM_JOINTS,
+                         category_id=1):
+    """One example per usable instance; `reader.read(file_name)` -> (bytes, path)."""
+    images, anns = load_instances(annotation_file, category_id)
+    annotation_file = describe(annotation_file)
     counter = common.SkipCounter(self.skip_bad_examples, self.name)
     self.skipped = counter.skipped
     for i, ann in enumerate(anns):
@@ -167,7 +227,7 @@ class CocoKeypoints(common.PoseBuilder):
         image = images.get(ann['image_id'])
         if image is None:
           raise common.BadExampleError(f'{where}: unknown image_id {ann["image_id"]}.')
-        joints, visible, bbox, area = parse_instance(ann, where)
+        joints, visible, bbox, area = parse_instance(ann, where, num_joints)
         data, path = reader.read(image['file_name'])
         where = f'{path} ({where})'
         size = common.image_size(data, where)
@@ -183,41 +243,27 @@ class CocoKeypoints(common.PoseBuilder):
                     annotation_id=np.int64(ann['id']))
 
 
-def coco_oks_ap(predictions, annotation_file):
-  """COCO keypoint AP (OKS) of top-down predictions, computed by pycocotools.
+# Kept here too: the builder's evaluation was `coco_keypoints.coco_oks_ap`.
+coco_oks_ap = oks.coco_oks_ap
 
-  Args:
-    predictions: iterable of dicts with 'image_id' (int), 'joints' (17, 2) in jhpe's
-      original-image pixels (pixel centres at integers), 'score' (float); optional
-      'confidence' (17,) per joint.
-    annotation_file: the person_keypoints_*.json the examples came from.
 
-  Returns:
-    dict: 'AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl'.
-  """
-  try:
-    from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
-    from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError('coco_oks_ap needs pycocotools: pip install "jhpe[coco]".') from e
-  results = []
-  for p in predictions:
-    joints = np.asarray(p['joints'], np.float64)
-    if joints.shape != (NUM_JOINTS, 2):
-      raise ValueError(f'prediction joints must have shape ({NUM_JOINTS}, 2), got '
-                       f'{joints.shape} (image_id {p.get("image_id")}).')
-    conf = np.asarray(p.get('confidence', np.ones(NUM_JOINTS)), np.float64)
-    kp = np.concatenate([joints + 0.5, conf.reshape(NUM_JOINTS, 1)], axis=1)
-    results.append(dict(image_id=int(p['image_id']), category_id=1,
-                        keypoints=kp.reshape(-1).tolist(), score=float(p['score'])))
-  if not results:
-    raise ValueError('coco_oks_ap: no predictions.')
-  gt = COCO(annotation_file)
-  dt = gt.loadRes(results)
-  evaluator = COCOeval(gt, dt, 'keypoints')
-  evaluator.params.imgIds = sorted({r['image_id'] for r in results})
-  evaluator.evaluate()
-  evaluator.accumulate()
-  evaluator.summarize()
-  names = ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'AR50', 'AR75', 'ARm', 'ARl')
-  return {n: float(v) for n, v in zip(names, evaluator.stats)}
+def gt_annotations(split, manual_dir, config=None):
+  """The split's ground-truth dict from the manual_dir (folder or official zip), or None."""
+  del config  # One configuration.
+  location = annotation_location(manual_dir, SPLITS[split]) if (
+      manual_dir and split in SPLITS) else None
+  return None if location is None else load_coco_json(location)
+
+
+def image_reader(root, split_dir):
+  """Reads a split's images by file name from root/<split_dir>/ or root/<split_dir>.zip."""
+  return _Images(root, split_dir)
+
+
+def image_bytes(split, manual_dir, config=None):
+  """file name -> the bytes of a split's image from the manual_dir, or None if absent."""
+  del config
+  if not manual_dir or split not in SPLITS or not _has_images(manual_dir, SPLITS[split]):
+    return None
+  reader = _Images(manual_dir, SPLITS[split])
+  return lambda file_name: reader.read(file_name)[0]
