@@ -1,80 +1,20 @@
-"""Dataset names -> TFDS builder, skeleton and metric normaliser; building on demand.
+"""Dataset names -> TFDS builders; building on demand (quietly, once, under a lock).
 
 A dataset name is a builder name with an optional config (`synthetic/tiny`); the pipeline
 also accepts a '+' of several (`lsp+lspet`: concatenated, for the usual LSP training set).
+The names' skeletons, metrics and default folders are in `jhpe.datasets` (no TFDS import);
+they are re-exported here.
 """
 
 import contextlib
-import dataclasses
 import fcntl
-import importlib
+import logging
 import os
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What the rest of jhpe needs to know about a dataset.
-
-  Importing this module is light: the builders (which import tensorflow_datasets) are named
-  by their import path and loaded on first use of `builder_cls`, so the predictor and the
-  train step can ask for a skeleton or a metric without TFDS.
-
-  Attributes:
-    builder: 'module:Class' of the TFDS builder (`builder_cls` imports it).
-    skeleton: name for `jhpe.skeletons.get_skeleton`.
-    normaliser: the per-person metric normaliser: 'torso' (PCK, LSP), 'head' (PCKh,
-      0.6 x the head box diagonal, MPII) or 'area' (sqrt of the instance area, COCO).
-    metric: the headline metric.
-    eval_split: the split the papers report on.
-  """
-  builder: str
-  skeleton: str
-  normaliser: str
-  metric: str
-  eval_split: str
-
-  @property
-  def builder_cls(self) -> type:
-    module, _, name = self.builder.partition(':')
-    return getattr(importlib.import_module(module), name)
-
-
-DATASETS = {
-    'lsp': DatasetSpec('jhpe.data.builders.lsp:Lsp', 'lsp', 'torso', 'pck@0.2', 'test'),
-    'lspet': DatasetSpec('jhpe.data.builders.lsp:Lspet', 'lsp', 'torso', 'pck@0.2', 'train'),
-    'mpii': DatasetSpec('jhpe.data.builders.mpii:Mpii', 'mpii', 'head', 'pckh@0.5', 'validation'),
-    'coco_keypoints': DatasetSpec('jhpe.data.builders.coco_keypoints:CocoKeypoints', 'coco', 'area',
-                                  'oks_ap', 'validation'),
-    'synthetic': DatasetSpec('jhpe.data.builders.synthetic:Synthetic', 'lsp', 'torso', 'pck@0.2',
-                             'test'),
-}
-
-def split_name(name):
-  """'synthetic/tiny' -> ('synthetic', 'tiny'); 'lsp' -> ('lsp', None)."""
-  base, _, config = name.partition('/')
-  if base not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)} '
-                     "(optionally with a config, e.g. 'synthetic/tiny', or joined by '+').")
-  return base, (config or None)
-
-
-def get_spec(name):
-  return DATASETS[split_name(name)[0]]
-
-
-def default_data_dir():
-  """Where built datasets live: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.environ.get('TFDS_DATA_DIR',
-                        os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
-
-
-def default_manual_dir():
-  """../shared/data next to the repository when it exists (the archives at hand)."""
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  path = os.path.join(os.path.dirname(repo), 'shared', 'data')
-  return path if os.path.isdir(path) else None
+from jhpe.datasets import (DATASETS, DatasetSpec, default_data_dir,  # pylint: disable=unused-import
+                           default_manual_dir, get_spec, split_name)
 
 
 def get_builder(name, data_dir=None, **builder_kwargs):
@@ -122,7 +62,7 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
   if builder.is_prepared():
     return builder
   lock = os.path.join(data_dir, f'.{name.replace("/", "_")}.lock')
-  with _lock(lock):
+  with _lock(lock), _quiet_tfds():
     builder = get_builder(name, data_dir, **builder_kwargs)
     if not builder.is_prepared():
       builder.download_and_prepare(
@@ -130,6 +70,24 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
           download_config=tfds.download.DownloadConfig(
               manual_dir=manual_dir, try_download_gcs=False))
   return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's progress bars, its 'Downloading ... Unknown size' banner and its warnings
+  about the folders it is writing (e.g. 'has no dataset_info.json') say nothing useful
+  about a build from local archives (the builders print their own two lines:
+`common.PoseBuilder`)."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+  logger = logging.getLogger('absl')
+  level, bars = logger.level, tqdm_utils._active  # pylint: disable=protected-access
+  logger.setLevel(logging.ERROR)
+  tqdm_utils.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+    tqdm_utils.display_progress_bar(bars)
 
 
 def normaliser(name, fields):

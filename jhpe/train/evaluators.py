@@ -100,7 +100,7 @@ class PckhEvaluator(PckEvaluator):
 
 def for_dataset(dataset: str) -> PckEvaluator:
   """The evaluator of a dataset, from its spec's normaliser."""
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top  # Light.
+  from jhpe import datasets as registry  # pylint: disable=g-import-not-at-top  # Light.
   if registry.get_spec(dataset).normaliser == "head":
     return PckhEvaluator()
   return PckEvaluator()
