@@ -230,11 +230,26 @@ sweep() {
   local num_runs=${#RUN_NAMES[@]} num_slots=${#SLOTS[@]} run slot
   local slot_names="${SLOTS[*]}"
   if [[ $VALIDATE == 1 ]]; then
+    # All checks at once (each is a Python start-up), then the first failure in grid order.
     echo "# checking the flags of $num_runs run(s)..." >&2
+    local checks pids=() output line
+    checks="$(mktemp -d)"
     for ((run = 0; run < num_runs; run++)); do
       run_command "$run" ""
-      validate_command "run '${RUN_NAMES[$run]:-default}'" "${RUN_COMMAND[@]}"
+      (JAX_PLATFORMS=cpu "${RUN_COMMAND[@]}" --validate_only > "$checks/$run" 2>&1
+       echo $? > "$checks/$run.status") &
+      pids+=($!)
     done
+    wait "${pids[@]}"
+    for ((run = 0; run < num_runs; run++)); do
+      if [[ "$(cat "$checks/$run.status")" != 0 ]]; then
+        output="$(cat "$checks/$run")"; rm -rf "$checks"
+        line="$(grep -m 1 '^error:' <<< "$output" || tail -n 1 <<< "$output")"
+        echo "launch.sh: error: run '${RUN_NAMES[$run]:-default}': ${line#error: } (nothing was started; --no_validate skips this check)" >&2
+        exit 2
+      fi
+    done
+    rm -rf "$checks"
   fi
   echo "# sweep: $num_runs run(s) on $num_slots slot(s)${slot_names:+ (GPUs ${slot_names// /,})}; a queued run takes the first slot that frees" >&2
   if [[ $DRY_RUN == 1 ]]; then

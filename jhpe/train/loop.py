@@ -282,12 +282,10 @@ def _train(r: _Runner) -> dict:
       }
       r.writer.write(done, record)
       if r.chief:
-        remaining = eta.remaining(done, progress.evals_left(done, total, eval_every))
         print(f"step {done}/{total}  loss {record['loss']:.6f}  "
               f"lr {record['learning_rate']:.3g}  {steps_per_s:.2f} steps/s  "
-              f"{record['images_per_s']:.1f} img/s  ETA "
-              f"{'--' if remaining is None else progress.format_duration(remaining)}",
-              flush=True)
+              f"{record['images_per_s']:.1f} img/s  "
+              f"{progress.eta_text(eta, done, eval_every)}", flush=True)
       window, t_window = [], now
 
   # Step N's metrics are read once step N+1 is queued, so the device keeps working while

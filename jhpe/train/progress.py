@@ -91,6 +91,16 @@ def evals_left(step: int, total: int, eval_every: int) -> int:
   return max(periodic, 0) + 1
 
 
+def eta_text(eta: EtaEstimator, step: int, eval_every: int) -> str:
+  """'ETA 5m03s'; '+ evaluations' while their duration is not known yet; 'ETA --'
+  before a step was timed."""
+  remaining = eta.remaining(step, evals_left(step, eta.total_steps, eval_every))
+  if remaining is None:
+    return "ETA --"
+  unknown = " + evaluations" if eta.eval_seconds is None else ""
+  return f"ETA {format_duration(remaining)}{unknown}"
+
+
 class EvalProgress:
   """Prints 'evaluating lsp test: 320/1000 people' at most every `every_s` seconds.
 

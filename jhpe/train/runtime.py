@@ -221,12 +221,14 @@ class MetricWriter:
     """
     if self._tb is None:
       return
-    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+    from tensorboardX import summary as tb_summary  # pylint: disable=g-import-not-at-top
+    # add_scalar stores 'eval/PCK@0.2' as 'eval/PCK_0.2': name the metrics as stored.
+    clean = getattr(tb_summary, "_clean_tag", lambda tag: tag)
     flat = flatten_hparams(config)
     writer = self._tb._get_file_writer()  # pylint: disable=protected-access
     # In this run's own folder (SummaryWriter.add_hparams would open a sub-run), so the
     # HPARAMS tab pairs the values with this run's scalars.
-    for summary in hparams(flat, {tag: 0.0 for tag in metrics}):
+    for summary in tb_summary.hparams(flat, {clean(tag): 0.0 for tag in metrics}):
       writer.add_summary(summary)
     self._tb.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
     self._tb.flush()
