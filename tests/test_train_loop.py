@@ -385,3 +385,20 @@ def test_sigterm_during_final_eval_saves_and_restart_reevaluates(tiny, tmp_path,
   for name in ("synthetic_tiny_test_predictions.json",):
     with open(workdir / "eval" / name) as f, open(reference / "eval" / name) as g:
       assert json.load(f) == json.load(g)
+
+
+def test_a_stopped_evaluation_writes_nothing(tiny, tmp_path):
+  # experiments.evaluate polls its PreemptionFlag between batches (Ctrl-C, SIGTERM): a
+  # stop raises Preempted before any file is written, and the entry point exits 130.
+  from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "evaluated"
+  shutil.copytree(tiny["root"] / "reference", workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  polls = []
+  with pytest.raises(eval_lib.Preempted):
+    eval_lib.evaluate_workdir(str(workdir), overrides={"decode": "taylor"},
+                              should_stop=lambda: polls.append(1) or len(polls) > 1)
+  assert len(polls) == 2  # One batch evaluated, stopped before the second.
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before
+  assert not (workdir / "eval" / "synthetic_tiny_test_taylor.json").exists()

@@ -58,9 +58,10 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
   data_dir = data_dir or default_data_dir()
   manual_dir = manual_dir or default_manual_dir()
   builder_kwargs.update(skip_bad_examples=skip_bad_examples, manual_dir=manual_dir)
-  builder = get_builder(name, data_dir, **builder_kwargs)
-  if builder.is_prepared():
-    return builder
+  with _quiet_tfds():
+    builder = get_builder(name, data_dir, **builder_kwargs)
+    if builder.is_prepared():
+      return builder
   lock = os.path.join(data_dir, f'.{name.replace("/", "_")}.lock')
   with _lock(lock), _quiet_tfds():
     builder = get_builder(name, data_dir, **builder_kwargs)
