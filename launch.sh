@@ -3,17 +3,25 @@
 # devices, or one process of a multi-host run through jax.distributed.
 #
 #   ./launch.sh sweep EXPERIMENT FLAGFILE WORKROOT [--grid 'flag=v1,v2' ...] [--gpus 0,1]
-#                     [--dry_run] [-- extra flags]
+#                     [--dry_run] [--no_validate] [-- extra flags]
 #       One run per point of the cartesian product of the grids, in WORKROOT/<flag=v,...>,
 #       its output in <workdir>/log.txt. Each run gets one GPU (CUDA_VISIBLE_DEVICES); when
 #       there are more runs than GPUs the rest wait in a queue for the first GPU to free.
 #       GPUs: --gpus, else CUDA_VISIBLE_DEVICES, else every GPU `nvidia-smi -L` lists, else
-#       one slot on the CPU (runs one after the other).
-#   ./launch.sh local EXPERIMENT FLAGFILE WORKDIR [--dry_run] [-- extra flags]
+#       one slot on the CPU (runs one after the other). At the end, a table of every run:
+#       status (done, stopped at step N/M, failed), best evaluation and its step, the last
+#       step, the wall time (experiments/sweep_summary.py). The same command again resumes
+#       the runs that stopped.
+#
+#   Example: two learning rates x two sigmas, one run per GPU:
+#     ./launch.sh sweep hourglass experiments/configs/lsp_hourglass.flags workdirs/sweep \
+#         --grid 'learning_rate=1e-3,2.5e-4' --grid 'sigma=1,2'
+#
+#   ./launch.sh local EXPERIMENT FLAGFILE WORKDIR [--dry_run] [--no_validate] [-- extra flags]
 #       One run over all local devices, output also in WORKDIR/log.txt.
 #   ./launch.sh multihost EXPERIMENT FLAGFILE WORKDIR [--num_processes N]
 #                     [--coordinator HOST:PORT] [--process_id I] [--local_test] [--dry_run]
-#                     [-- extra flags]
+#                     [--no_validate] [-- extra flags]
 #       One process of a multi-host run (run this once per host, e.g. with srun), its
 #       output also in WORKDIR/log.process<I>.txt. Under
 #       SLURM the values default to SLURM_NTASKS, SLURM_PROCID and the first host of
@@ -26,8 +34,15 @@
 # name (my_project.my_experiment) is run as that module. PYTHON defaults to python3.
 # Flag order on the command line: the flagfile, the extra flags, then the grid values, so
 # a grid value overrides both (absl: the last value of a flag wins).
-# --dry_run prints the commands (environment included), one per line, and runs nothing.
+# Before anything starts, every command is checked: the entry point parses its flags and
+# config with --validate_only (no JAX, no data), so a mistyped flag or a bad value of any
+# grid point stops the whole launch with one line naming the run and the flag, exit
+# status 2. --no_validate skips the check (for a module without --validate_only).
+# --dry_run checks, then prints the commands (environment included), one per line, and
+# runs nothing.
+# Ctrl-C or SIGTERM reaches the runs, which save a checkpoint and stop.
 # Bad input: one line naming the problem, the usage, exit status 2.
+# ./launch.sh --help prints this text.
 
 set -uo pipefail
 
@@ -79,7 +94,7 @@ sanitise() {
 COMMAND="$1"; shift
 case "$COMMAND" in
   sweep|local|multihost) ;;
-  -h|--help|help) usage; exit 0 ;;
+  -h|--help|help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
   *) die "unknown subcommand '$COMMAND' (expected sweep, local or multihost)" ;;
 esac
 [[ $# -ge 3 ]] || die "$COMMAND needs EXPERIMENT FLAGFILE $([[ $COMMAND == sweep ]] && echo WORKROOT || echo WORKDIR)"
@@ -98,7 +113,7 @@ fi
 [[ -f "$FLAGFILE" && -r "$FLAGFILE" ]] || die "FLAGFILE '$FLAGFILE' does not exist or is not a readable file"
 [[ -n "$WORKDIR" ]] || die "empty $([[ $COMMAND == sweep ]] && echo WORKROOT || echo WORKDIR)"
 
-GRIDS=(); GPUS=""; DRY_RUN=0; EXTRA=()
+GRIDS=(); GPUS=""; DRY_RUN=0; VALIDATE=1; EXTRA=()
 NUM_PROCESSES=""; COORDINATOR=""; PROCESS_ID=""; LOCAL_TEST=0
 need_value() { [[ $2 -ge 2 ]] || die "option $1 needs a value"; }
 while [[ $# -gt 0 ]]; do
@@ -119,6 +134,7 @@ while [[ $# -gt 0 ]]; do
     --local_test)    [[ $COMMAND == multihost ]] || die "--local_test is for multihost only"
                      LOCAL_TEST=1; shift ;;
     --dry_run)       DRY_RUN=1; shift ;;
+    --no_validate)   VALIDATE=0; shift ;;
     --)              shift; EXTRA=("$@"); break ;;
     *)               die "unknown option '$1' (flags for the experiment go after --)" ;;
   esac
@@ -138,6 +154,18 @@ forward_signal() {
 }
 trap 'forward_signal; wait; exit 143' TERM
 trap 'forward_signal; wait; exit 130' INT
+
+# Checks a command's flags with the entry point's --validate_only; on a bad one prints a
+# line naming the run ($1) and the entry point's own error, and exits 2 (nothing started).
+validate_command() {
+  local what="$1" output line; shift
+  [[ $VALIDATE == 1 ]] || return 0
+  if ! output="$(JAX_PLATFORMS=cpu "$@" --validate_only 2>&1)"; then
+    line="$(grep -m 1 '^error:' <<< "$output" || tail -n 1 <<< "$output")"
+    echo "launch.sh: error: $what: ${line#error: } (nothing was started; --no_validate skips this check)" >&2
+    exit 2
+  fi
+}
 
 # ---------------------------------------------------------------------------------------
 # sweep
@@ -201,6 +229,28 @@ sweep() {
   detect_gpus
   local num_runs=${#RUN_NAMES[@]} num_slots=${#SLOTS[@]} run slot
   local slot_names="${SLOTS[*]}"
+  if [[ $VALIDATE == 1 ]]; then
+    # All checks at once (each is a Python start-up), then the first failure in grid order.
+    echo "# checking the flags of $num_runs run(s)..." >&2
+    local checks pids=() output line
+    checks="$(mktemp -d)"
+    for ((run = 0; run < num_runs; run++)); do
+      run_command "$run" ""
+      (JAX_PLATFORMS=cpu "${RUN_COMMAND[@]}" --validate_only > "$checks/$run" 2>&1
+       echo $? > "$checks/$run.status") &
+      pids+=($!)
+    done
+    wait "${pids[@]}"
+    for ((run = 0; run < num_runs; run++)); do
+      if [[ "$(cat "$checks/$run.status")" != 0 ]]; then
+        output="$(cat "$checks/$run")"; rm -rf "$checks"
+        line="$(grep -m 1 '^error:' <<< "$output" || tail -n 1 <<< "$output")"
+        echo "launch.sh: error: run '${RUN_NAMES[$run]:-default}': ${line#error: } (nothing was started; --no_validate skips this check)" >&2
+        exit 2
+      fi
+    done
+    rm -rf "$checks"
+  fi
   echo "# sweep: $num_runs run(s) on $num_slots slot(s)${slot_names:+ (GPUs ${slot_names// /,})}; a queued run takes the first slot that frees" >&2
   if [[ $DRY_RUN == 1 ]]; then
     # The queue hands slots out in order while they are free, then as runs finish; the
@@ -212,8 +262,8 @@ sweep() {
     return 0
   fi
 
-  declare -A slot_of=() workdir_of=()
-  local free=("${SLOTS[@]}") failed=() pid status
+  declare -A slot_of=() workdir_of=() run_of=() start_of=()
+  local free=("${SLOTS[@]}") failed=() pid status summary=()
   for ((run = 0; run < num_runs || ${#slot_of[@]} > 0; )); do
     if ((run < num_runs && ${#free[@]} > 0)); then
       slot="${free[0]}"; free=("${free[@]:1}")
@@ -224,6 +274,7 @@ sweep() {
       "${RUN_COMMAND[@]}" >> "$RUN_WORKDIR/log.txt" 2>&1 &
       pid=$!
       CHILDREN+=("$pid"); slot_of[$pid]="$slot"; workdir_of[$pid]="$RUN_WORKDIR"
+      run_of[$pid]="$run"; start_of[$pid]="$SECONDS"
       echo "[launch] started ${RUN_WORKDIR}${slot:+ on GPU $slot} (pid $pid)" >&2
       ((run++))
       continue
@@ -234,10 +285,22 @@ sweep() {
     [[ -n "$pid" && -n "${slot_of[$pid]+x}" ]] || continue
     echo "[launch] finished ${workdir_of[$pid]} (exit status $status)" >&2
     ((status != 0)) && failed+=("${workdir_of[$pid]}")
+    summary[${run_of[$pid]}]="${workdir_of[$pid]}"$'\x1f'"$status"$'\x1f'"$((SECONDS - start_of[$pid]))"
     free+=("${slot_of[$pid]}")
-    unset "slot_of[$pid]" "workdir_of[$pid]"
+    unset "slot_of[$pid]" "workdir_of[$pid]" "run_of[$pid]" "start_of[$pid]"
     CHILDREN=("${!slot_of[@]}")
   done
+  # The summary, in grid order: status, best evaluation, steps, time of every run.
+  local args=() entry fields
+  for ((run = 0; run < num_runs; run++)); do
+    entry="${summary[$run]:-}"
+    [[ -n "$entry" ]] || continue
+    IFS=$'\x1f' read -r -a fields <<< "$entry"
+    args+=("${fields[@]}")
+  done
+  echo "[launch] sweep summary ($WORKDIR):" >&2
+  "$PYTHON" -m experiments.sweep_summary "${args[@]}" >&2 \
+    || echo "[launch] (no summary: experiments.sweep_summary failed)" >&2
   if ((${#failed[@]} > 0)); then
     echo "[launch] ${#failed[@]} of $num_runs run(s) failed; see log.txt in: ${failed[*]}" >&2
     return 1
@@ -250,6 +313,7 @@ sweep() {
 
 local_run() {
   local command=("${BASE_COMMAND[@]}" "--workdir=$WORKDIR" ${EXTRA[@]+"${EXTRA[@]}"})
+  validate_command "the run" "${command[@]}"
   if [[ $DRY_RUN == 1 ]]; then
     echo "$(quote_command "${command[@]}") 2>&1 | tee -a $(printf '%q' "${WORKDIR%/}/log.txt")"
     return 0
@@ -307,6 +371,7 @@ multihost() {
     [[ "$PROCESS_ID" =~ ^[0-9]+$ && "$PROCESS_ID" -lt "$NUM_PROCESSES" ]] \
       || die "--process_id must be an integer in [0, $NUM_PROCESSES) (got '${PROCESS_ID}'; SLURM_PROCID is used under SLURM)"
     command+=("--process_id=$PROCESS_ID")
+    validate_command "the run" "${command[@]}"
     local log="${WORKDIR%/}/log.process$PROCESS_ID.txt"
     if [[ $DRY_RUN == 1 ]]; then
       echo "$(quote_command "${command[@]}") 2>&1 | tee -a $(printf '%q' "$log")"
@@ -323,6 +388,7 @@ multihost() {
   local i p pid status=0 logs=()
   # CPU by default; a user may pick another platform with JAX_PLATFORMS.
   local platforms="${JAX_PLATFORMS:-cpu}"
+  validate_command "the run" "${command[@]}" "--process_id=0"
   for ((i = 0; i < NUM_PROCESSES; i++)); do
     logs+=("${WORKDIR%/}/log.process$i.txt")
     if [[ $DRY_RUN == 1 ]]; then

@@ -12,7 +12,9 @@ CPU defaults (`jhpe.cpu_defaults`) before anything starts JAX.
   python -m experiments.hourglass --flagfile=... --summary   # one JSON line, then exit
 
 Flag errors (an unknown flag, a typo in a flagfile, a wrong type, a value that is not
-allowed) are reported as one line on stderr, with exit status 2, before any long work.
+allowed) are reported as one line on stderr, with exit status 2, before any long work;
+`--validate_only` stops there. SIGTERM or Ctrl-C saves a checkpoint and exits 0 (the same
+command resumes); a second Ctrl-C aborts at once with exit status 130.
 """
 
 import json
@@ -42,6 +44,9 @@ def _define_common_flags() -> None:
   flags.DEFINE_bool("summary", False, "Print one JSON line {model, params, "
                     "flops_per_image, input_size} and exit.")
   flags.DEFINE_bool("eval_only", False, "Evaluate the workdir's latest checkpoint only.")
+  flags.DEFINE_bool("validate_only", False, "Check the flags and the config and exit "
+                    "(status 0, or 2 with one line naming the bad flag); no JAX, no data. "
+                    "launch.sh checks every run of a sweep this way before starting one.")
   define_distributed_flags()
   for field in config_lib.flag_fields():
     _define_field_flag(field, field.default, field.metadata["help"])
@@ -186,6 +191,9 @@ def main(argv: Sequence[str], model: str, model_kwarg_flags: Sequence[str]) -> N
     logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags(model, model_kwarg_flags)
+    if FLAGS.validate_only:
+      config.validate()
+      return
     if FLAGS.summary:
       config.validate()
       from jhpe.models import summary  # pylint: disable=g-import-not-at-top

@@ -16,11 +16,16 @@ are the workdir's (config.json); --dataset and --split default to its evaluation
 what changed (`lsp_test_taylor_noflip.json`, `lsp_test_scales0.8-1-1.2.json`), so the
 run's own evaluation is never overwritten.
 
+SIGTERM or Ctrl-C stops the evaluation between two batches, before anything is written
+(the workdir's files stay as they were): one line, exit status 130; a second Ctrl-C aborts
+at once.
+
 Bad input (no checkpoint, an unknown dataset or split, a dataset whose skeleton is not
 the model's) is one line on stderr naming it, exit status 2, before anything is written:
 the workdir's existing files are left as they are.
 """
 
+import sys
 from typing import Sequence
 
 from absl import app
@@ -47,6 +52,8 @@ flags.DEFINE_float("box_score_threshold", 0.0, "With --person_boxes: keep the bo
                    "scored at least this.")
 flags.DEFINE_float("oks_nms_threshold", 0.9, "OKS AP datasets: OKS-NMS of each image's "
                    "poses at this OKS (1 = off), as the top-down papers.")
+flags.DEFINE_bool("validate_only", False, "Check the flags and exit (status 0, or 2 with "
+                  "one line naming a bad one): launch.sh checks a sweep this way.")
 # Config fields this evaluation may change; unset, each keeps the workdir's value. Their
 # help and choices are the fields' (jhpe/train/config.py).
 _OVERRIDES = ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test",
@@ -86,25 +93,40 @@ def main(argv: Sequence[str]) -> None:
     # (and an error to its one line) unless --verbosity asks for more.
     logging.set_verbosity(logging.ERROR)
   from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from jhpe.train import progress  # pylint: disable=g-import-not-at-top
+  from jhpe.train import runtime  # pylint: disable=g-import-not-at-top
   try:
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the training workdir to evaluate).")
     which = _which(FLAGS.which)
     overrides = _overrides()
+    if FLAGS.validate_only:
+      return
     common.init_distributed()
-    results = eval_lib.evaluate_workdir(
-        FLAGS.workdir, which=which, dataset=FLAGS.dataset or None,
-        split=FLAGS.split or None, num_examples=FLAGS.num_examples,
-        overrides=overrides, figures=FLAGS.figures, person_boxes=FLAGS.person_boxes,
-        box_score_threshold=FLAGS.box_score_threshold,
-        oks_nms_threshold=FLAGS.oks_nms_threshold)
+    import jax  # pylint: disable=g-import-not-at-top
+    shown = progress.EvalProgress(f"{FLAGS.workdir} ({FLAGS.which})",
+                                  enabled=jax.process_index() == 0)
+    with runtime.PreemptionFlag(
+        what="stopping the evaluation; nothing is written") as stop:
+      results = eval_lib.evaluate_workdir(
+          FLAGS.workdir, which=which, dataset=FLAGS.dataset or None,
+          split=FLAGS.split or None, num_examples=FLAGS.num_examples,
+          overrides=overrides, figures=FLAGS.figures, person_boxes=FLAGS.person_boxes,
+          box_score_threshold=FLAGS.box_score_threshold,
+          oks_nms_threshold=FLAGS.oks_nms_threshold, should_stop=stop, progress=shown)
   except (ValueError, FileNotFoundError, ImportError) as e:
     # CheckpointError is a ValueError; FileNotFoundError: dataset files (COCO images);
     # ImportError: pycocotools for OKS AP (`pip install -e ".[coco]"`).
     common.fail(str(e).splitlines()[0] if str(e) else repr(e))
-  import jax  # pylint: disable=g-import-not-at-top
+  except eval_lib.Preempted:
+    print("Evaluation stopped before writing anything; rerun the same command.",
+          file=sys.stderr, flush=True)
+    sys.exit(runtime.ABORT_EXIT_STATUS)
   if jax.process_index() == 0:
     print(eval_lib.format_table(results), flush=True)
+    print(progress.result_line(results, shown.elapsed), flush=True)
+    for path in results.get("files", ()):
+      print(f"  wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

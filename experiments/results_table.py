@@ -4,9 +4,12 @@ r"""The README's results table, computed from runs' files (nothing typed by hand
 
 Each argument is a run folder holding the workdir's `config.json`, `metrics.jsonl` and
 `eval/<dataset>_<split>.json` (a training workdir, or its copy under docs/results/). Prints
-markdown tables: per joint (LSP's pairs averaged, person-centric PCK@0.2) with PCP; stage
-by stage; the learning curve of runs evaluated during training; and where the joints go
-(good, left/right inversion, jitter, miss) for evaluations that have it.
+markdown tables: per joint (left/right pairs averaged; the columns are the dataset's own
+joints, the headline its own metric: PCK@0.2 on LSP, PCKh@0.5 on MPII) with PCP; stage by
+stage; the learning curve of runs evaluated during training; and where the joints go
+(good, left/right inversion, jitter, miss) for evaluations that have it. Runs of datasets
+with different joints get a table each. The files store fractions; the tables print
+percent.
 """
 
 import json
@@ -20,6 +23,21 @@ COLUMNS = (("Head", ("neck", "head_top")), ("Sho.", ("left_shoulder", "right_sho
            ("Elb.", ("left_elbow", "right_elbow")), ("Wri.", ("left_wrist", "right_wrist")),
            ("Hip", ("left_hip", "right_hip")), ("Knee", ("left_knee", "right_knee")),
            ("Ank.", ("left_ankle", "right_ankle")))
+_COLUMNS_BY_JOINTS = {frozenset(j for _, js in COLUMNS for j in js): COLUMNS}
+
+
+def columns_of(joint_names: Sequence[str]) -> tuple:
+  """The per-joint columns of a skeleton: LSP's usual ones, else each joint with its
+  left/right counterpart averaged, in the skeleton's order ('ankle', 'pelvis', ...)."""
+  names = [n for n in joint_names if not n.startswith("mean")]
+  known = _COLUMNS_BY_JOINTS.get(frozenset(names))
+  if known:
+    return known
+  columns = {}
+  for name in names:
+    base = name.split("_", 1)[1] if name.startswith(("left_", "right_")) else name
+    columns.setdefault(base, []).append(name)
+  return tuple((base, tuple(js)) for base, js in columns.items())
 
 
 def load_run(run_dir: str) -> dict:
@@ -74,15 +92,24 @@ def _pct(x) -> str:
 
 
 def joint_table(runs: Sequence[dict]) -> str:
+  """One table per set of joints (runs on LSP and on MPII get a table each)."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(columns_of(list(run["eval"]["per_joint"])), []).append(run)
+  return "\n\n".join(_joint_table(group, columns) for columns, group in groups.items())
+
+
+def _joint_table(runs: Sequence[dict], columns: tuple) -> str:
+  metrics = sorted({run["eval"]["metric"] for run in runs})
   head = ["run", "model", "params", "input", "images seen", "train time"] + [
-      c for c, _ in COLUMNS] + ["PCK mean", "PCP"]
+      c for c, _ in columns] + [f"{' / '.join(metrics)} mean", "PCP"]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for run in runs:
     cfg, ev = run["config"], run["eval"]
     params = num_params(cfg)
     per = ev["per_joint"]
     cells = [_pct(None if any(per.get(j) is None for j in js) else
-                  sum(per[j] for j in js) / len(js)) for _, js in COLUMNS]
+                  sum(per[j] for j in js) / len(js)) for _, js in columns]
     minutes = training_seconds(run["metrics"]) / 60
     lines.append("| " + " | ".join([
         run["name"], cfg["model"], f"{params / 1e6:.2f}M", str(cfg["input_size"]),
@@ -143,7 +170,9 @@ def curve_table(runs: Sequence[dict]) -> str:
   if not curves:
     return ""
   depth = max(len(run["eval"].get("per_stage") or ()) for run, _, _ in curves)
-  head = ["run", "step", "images seen", "PCK mean"] + [f"stage {t + 1}" for t in range(depth)]
+  metrics = sorted({metric for _, metric, _ in curves})
+  head = ["run", "step", "images seen", f"{' / '.join(metrics)} mean"] + [
+      f"stage {t + 1}" for t in range(depth)]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for run, metric, evals in curves:
     final = {s["stage"]: s["mean"] for s in run["eval"].get("per_stage") or ()}

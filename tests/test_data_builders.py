@@ -276,3 +276,41 @@ def test_registry_builders_match_their_skeletons(name, tmp_path):
 def test_unknown_dataset_is_named():
   with pytest.raises(ValueError, match="'lsq'.*coco_keypoints"):
     registry.split_name('lsq')
+
+
+# --- TFDS's own API after `import jhpe.data` ---------------------------------------------
+
+_TFDS_BUILD = '''
+import sys
+import jhpe.data  # Registers the builders with TFDS.
+import tensorflow_datasets as tfds
+builder = tfds.builder("lsp", data_dir=sys.argv[1])
+builder.download_and_prepare()  # No file_format, no manual_dir: the builders' defaults.
+source = builder.as_data_source(split="test")
+print(len(source), str(builder.info.file_format), "tensorflow" in sys.modules)
+'''
+
+
+@pytest.mark.lsp
+def test_tfds_builder_builds_lsp_after_import_jhpe_data_without_tensorflow(
+    shared_data_dir, tmp_path):
+  # A fresh interpreter: the registration must come from `import jhpe.data` alone; the
+  # archives come from $JHPE_MANUAL_DIR (the documented variable).
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  env = dict(os.environ, JHPE_MANUAL_DIR=str(shared_data_dir))
+  proc = subprocess.run([sys.executable, '-c', _TFDS_BUILD, str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ['1000', 'FileFormat.ARRAY_RECORD', 'False']
+  assert 'Building dataset lsp' in proc.stderr
+  assert 'Unknown size' not in proc.stdout + proc.stderr
+
+
+def test_importing_jhpe_datasets_loads_no_tfds():
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ('import sys, jhpe.datasets, jhpe.train.config as c; '
+          'c.skeleton_of(c.Config(model="hourglass", dataset="mpii")); '
+          'print([m for m in ("tensorflow_datasets", "grain") if m in sys.modules])')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stderr[-2000:]

@@ -24,13 +24,22 @@ LAUNCH = str(ROOT / "launch.sh")
 # Records one run in WORKDIR/record.json. --hold=SECONDS keeps it alive that long;
 # --wait_peer=1 waits (up to 30 s) until another run has started: with two free GPUs
 # both runs see each other, while under a one-at-a-time launcher the first run would
-# finish (after the timeout) without a peer; --fail=1 exits with status 3.
+# finish (after the timeout) without a peer; --fail=1 exits with status 3. With
+# --validate_only it only checks its flags: any flag named bad* is unknown (exit 2);
+# --metric=X writes config.json and a metrics.jsonl whose best PCKh@0.5 is X at step 10.
 FAKE_EXPERIMENT = textwrap.dedent("""\
     import json, os, pathlib, signal, sys, time
 
     def main():
       start = time.time()
-      flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:])
+      flags = dict((arg[2:].split("=", 1) + ["true"])[:2] for arg in sys.argv[1:])
+      if "validate_only" in flags:  # As the entry points: flags checked, nothing run.
+        bad = [k for k in flags if k.startswith("bad")]
+        if bad:
+          print(f"error: Unknown command line flag '{bad[0]}' (see --helpfull)",
+                file=sys.stderr)
+          sys.exit(2)
+        sys.exit(0)
       workdir = pathlib.Path(flags["workdir"])
       record = {"flags": flags, "argv": sys.argv[1:], "start": start,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -54,6 +63,13 @@ FAKE_EXPERIMENT = textwrap.dedent("""\
       time.sleep(float(flags.get("hold", "0")))
       record["end"] = time.time()
       (workdir / "record.json").write_text(json.dumps(record))
+      if "metric" in flags:  # A run's files as the trainer writes them, any metric name.
+        (workdir / "config.json").write_text(json.dumps({"num_train_steps": 10}))
+        value = float(flags["metric"])
+        (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in (
+            {"step": 5, "loss": 1.0}, {"step": 5, "eval/PCKh@0.5": value / 2},
+            {"step": 10, "loss": 0.5}, {"step": 10, "eval/PCKh@0.5": value,
+                                        "eval/PCKh@0.5/stage1": 0.99})))
       if flags.get("fail") == "1":
         sys.exit(3)
 
@@ -194,6 +210,49 @@ def test_sweep_reports_failed_runs(env, flagfile, tmp_path):
   assert result.returncode == 1
   assert f"{workroot}/fail=1" in result.stderr.splitlines()[-1]
   assert sorted(_records(workroot)) == ["fail=0", "fail=1"]  # the other run still ran
+
+
+def test_bad_grid_flag_stops_the_sweep_before_any_run(env, flagfile, tmp_path):
+  workroot = tmp_path / "sweep"
+  result = _launch(
+      ["sweep", "fakepkg.fake_experiment", flagfile, str(workroot),
+       "--grid", "seed=0,1", "--grid", "bad_learning_rat=1e-3"], env, check=False)
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if "error" in l]
+  assert len(errors) == 1
+  assert "run 'seed=0,bad_learning_rat=1e-3'" in errors[0]
+  assert "Unknown command line flag 'bad_learning_rat'" in errors[0]
+  assert not workroot.exists()  # Nothing started, no workdir made.
+  # --no_validate leaves the check to each run.
+  result = _launch(
+      ["sweep", "fakepkg.fake_experiment", flagfile, str(workroot),
+       "--grid", "bad_x=1", "--no_validate"], env)
+  assert list(_records(workroot)) == ["bad_x=1"]
+
+
+def test_sweep_summary_lists_every_run(env, flagfile, tmp_path):
+  workroot = tmp_path / "sweep"
+  result = _launch(
+      ["sweep", "fakepkg.fake_experiment", flagfile, str(workroot),
+       "--grid", "metric=0.25,0.5", "--grid", "fail=0,1"], env, check=False)
+  assert result.returncode == 1
+  lines = result.stderr.split("[launch] sweep summary")[1].splitlines()
+  header = lines[1].split()
+  assert header[:3] == ["run", "status", "best"]
+  rows = {l.split()[0]: l for l in lines[2:6]}
+  assert sorted(rows) == sorted(f"metric={m},fail={f}" for m in ("0.25", "0.5")
+                                for f in ("0", "1"))
+  assert "done" in rows["metric=0.5,fail=0"]
+  assert "PCKh@0.5 50.0%" in rows["metric=0.5,fail=0"]  # The best, not the stage's.
+  assert "PCKh@0.5 25.0%" in rows["metric=0.25,fail=0"]
+  assert "failed (exit 3)" in rows["metric=0.25,fail=1"]
+
+
+def test_help_prints_the_header_documentation():
+  result = subprocess.run([LAUNCH, "--help"], capture_output=True, text=True, timeout=30)
+  assert result.returncode == 0
+  assert "One run per point of the cartesian product" in result.stdout
+  assert "--validate_only" in result.stdout and "#" not in result.stdout.split()[0]
 
 
 @pytest.mark.parametrize("nvidia_smi, visible, expected", [

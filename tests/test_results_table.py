@@ -53,7 +53,7 @@ def test_learning_curve_lists_each_evaluation_with_its_stages(tmp_path, capsys):
   single = _run_dir(tmp_path, "single", [0.4, 0.45])  # Evaluated once: no curve.
   assert results_table.main([run, single]) == 0
   out = capsys.readouterr().out
-  curve = out.split("| run | step | images seen | PCK mean | stage 1 | stage 2 |")[1]
+  curve = out.split("| run | step | images seen | PCK@0.2 mean | stage 1 | stage 2 |")[1]
   rows = [[c.strip() for c in l.strip("|").split("|")] for l in curve.splitlines()
           if l.startswith("| curve")]
   # By step; the last step's stages from the eval JSON.
@@ -110,3 +110,14 @@ def test_help_prints_the_usage_and_no_arguments_is_an_error(capsys):
   assert "results_table" in capsys.readouterr().out
   assert results_table.main([]) == 2
   assert "results_table" in capsys.readouterr().err
+
+
+def test_columns_follow_the_dataset_joints_not_lsp():
+  # LSP keeps its usual columns; MPII's come from its own joints, pairs averaged.
+  assert [c for c, _ in results_table.columns_of(skeletons.LSP.joint_names)][:2] == [
+      "Head", "Sho."]
+  mpii = skeletons.get_skeleton("mpii").joint_names
+  columns = dict(results_table.columns_of(list(mpii) + ["mean"]))
+  assert set(columns["wrist"]) == {"left_wrist", "right_wrist"}
+  assert columns["pelvis"] == ("pelvis",) and "mean" not in columns
+  assert sum(len(js) for js in columns.values()) == len(mpii)

@@ -150,6 +150,31 @@ def test_reference_run_trains_and_writes_the_workdir(tiny):
       pytest.approx(1.0))
 
 
+def _tensorboard_tags(logdir):
+  """{tag: kind} of the summaries in a folder's event files (TFRecord framing read here:
+  TensorBoard itself is not a dependency)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  tags = {}
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    offset = 0
+    while offset + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        tags[value.tag] = value.WhichOneof("value") or value.metadata.plugin_data.plugin_name
+  return tags
+
+
+def test_tensorboard_has_the_config_as_hparams_and_the_figures_as_images(tiny):
+  tags = _tensorboard_tags(tiny["root"] / "reference" / "tensorboard")
+  assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(tags)
+  assert tags["figures/best_worst"] == "image" and tags["figures/pck_curve"] == "image"
+  assert tags["loss"] == "simple_value" and "eval/PCK_0.2" in tags
+
+
 def test_eval_record_logs_pcp_and_each_stage_of_a_multistage_model():
   results = {"metric": "PCK@0.2", "mean": 0.5, "num_examples": 10,
              "pcp": {"torso": 0.9, "mean": 0.4},
@@ -187,6 +212,55 @@ def test_sigterm_then_sigkill_then_restart_ends_as_uninterrupted(tiny):
   got = _results(workdir)
   assert got["losses"] == tiny["reference"]["losses"]
   assert got["eval"]["per_joint"] == tiny["reference"]["eval"]["per_joint"]
+
+
+def test_ctrl_c_saves_exits_0_and_the_same_command_resumes(tiny):
+  workdir = tiny["root"] / "ctrl_c"
+  proc = _start(tiny, workdir)
+  _wait(lambda: _logged_step(workdir) >= 3, proc)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=600)
+  # A clean stop, as SIGTERM: exit status 0, one line on each stream, no traceback.
+  assert proc.returncode == 0, err[-2000:]
+  assert "Ctrl-C: saving a checkpoint" in err and "Ctrl-C again to abort" in err
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  assert "Preempted at step" in out
+  stopped_at = ckpt.latest_step(str(workdir))
+  assert 3 <= stopped_at < NUM_STEPS and stopped_at in _complete_checkpoints(workdir)
+  # The same command continues from that checkpoint to the uninterrupted run's end.
+  proc = _run(tiny, workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"Resuming from the checkpoint of step {stopped_at}" in proc.stdout
+  got = _results(workdir)
+  assert got["losses"] == tiny["reference"]["losses"]
+  # The console says where the outputs went.
+  assert "Done: step 32" in proc.stdout and str(workdir / "eval") in proc.stdout
+  assert f"tensorboard --logdir {workdir / 'tensorboard'}" in proc.stdout
+  assert "compiling the train step..." in proc.stdout
+
+
+_DOUBLE_CTRL_C = """
+import os, signal, sys, time
+from jhpe.train import runtime
+with runtime.PreemptionFlag(sync=False) as flag:
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(0.2)  # The handler runs between bytecodes: the first is seen first.
+  assert flag(), "the first Ctrl-C did not set the flag"
+  print("first handled", flush=True)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(5)
+print("not aborted", flush=True)
+"""
+
+
+def test_a_second_ctrl_c_aborts_at_once_with_status_130():
+  proc = subprocess.run([sys.executable, "-c", _DOUBLE_CTRL_C], cwd=REPO, timeout=120,
+                        capture_output=True, text=True, env=dict(os.environ,
+                                                                 JAX_PLATFORMS="cpu"))
+  assert proc.returncode == runtime.ABORT_EXIT_STATUS == 130, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[0] == "first handled"
+  assert "not aborted" not in proc.stdout
+  assert "Ctrl-C again: aborting now" in proc.stderr
 
 
 def test_resuming_with_other_settings_is_refused_and_changes_nothing(tiny, tmp_path):
@@ -311,3 +385,20 @@ def test_sigterm_during_final_eval_saves_and_restart_reevaluates(tiny, tmp_path,
   for name in ("synthetic_tiny_test_predictions.json",):
     with open(workdir / "eval" / name) as f, open(reference / "eval" / name) as g:
       assert json.load(f) == json.load(g)
+
+
+def test_a_stopped_evaluation_writes_nothing(tiny, tmp_path):
+  # experiments.evaluate polls its PreemptionFlag between batches (Ctrl-C, SIGTERM): a
+  # stop raises Preempted before any file is written, and the entry point exits 130.
+  from jhpe.train import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "evaluated"
+  shutil.copytree(tiny["root"] / "reference", workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  polls = []
+  with pytest.raises(eval_lib.Preempted):
+    eval_lib.evaluate_workdir(str(workdir), overrides={"decode": "taylor"},
+                              should_stop=lambda: polls.append(1) or len(polls) > 1)
+  assert len(polls) == 2  # One batch evaluated, stopped before the second.
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before
+  assert not (workdir / "eval" / "synthetic_tiny_test_taylor.json").exists()

@@ -1,107 +1,22 @@
-"""Dataset names -> TFDS builder, skeleton and metric normaliser; building on demand.
+"""Dataset names -> TFDS builders; building on demand (quietly, once, under a lock).
 
 A dataset name is a builder name with an optional config (`synthetic/tiny`); the pipeline
 also accepts a '+' of several (`lsp+lspet`: concatenated, for the usual LSP training set).
+The names' skeletons, metrics and default folders are in `jhpe.datasets` (no TFDS import);
+they are re-exported here.
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import importlib
+import logging
 import os
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What the rest of jhpe needs to know about a dataset.
-
-  Importing this module is light: the builders (which import tensorflow_datasets) are named
-  by their import path and loaded on first use of `builder_cls`, so the predictor and the
-  train step can ask for a skeleton or a metric without TFDS.
-
-  Attributes:
-    builder: 'module:Class' of the TFDS builder (`builder_cls` imports it).
-    skeleton: name for `jhpe.skeletons.get_skeleton`.
-    normaliser: the per-person metric normaliser: 'torso' (PCK, LSP), 'head' (PCKh,
-      0.6 x the head box diagonal, MPII) or 'area' (sqrt of the instance area, COCO).
-    metric: the headline metric.
-    eval_split: the split the papers report on.
-  """
-  builder: str
-  skeleton: str
-  normaliser: str
-  metric: str
-  eval_split: str
-
-  @property
-  def builder_cls(self) -> type:
-    module, _, name = self.builder.partition(':')
-    return getattr(importlib.import_module(module), name)
-
-
-DATASETS = {
-    'lsp': DatasetSpec('jhpe.data.builders.lsp:Lsp', 'lsp', 'torso', 'pck@0.2', 'test'),
-    'lspet': DatasetSpec('jhpe.data.builders.lsp:Lspet', 'lsp', 'torso', 'pck@0.2', 'train'),
-    'mpii': DatasetSpec('jhpe.data.builders.mpii:Mpii', 'mpii', 'head', 'pckh@0.5', 'validation'),
-    'coco_keypoints': DatasetSpec('jhpe.data.builders.coco_keypoints:CocoKeypoints', 'coco', 'area',
-                                  'oks_ap', 'validation'),
-    'synthetic': DatasetSpec('jhpe.data.builders.synthetic:Synthetic', 'lsp', 'torso', 'pck@0.2',
-                             'test'),
-}
-
-# Datasets named by a file: 'coco_format:PATH/spec.json' (any COCO-format keypoint set and
-# its keypoint set description; jhpe/data/builders/coco_format.py). The skeleton is the file.
-FILE_DATASETS = {
-    'coco_format': DatasetSpec('jhpe.data.builders.coco_format:CocoFormat', '', 'area',
-                               'oks_ap', 'validation'),
-}
-
-
-def split_name(name):
-  """'synthetic/tiny' -> ('synthetic', 'tiny'); 'lsp' -> ('lsp', None);
-  'coco_format:PATH' -> ('coco_format', PATH) (the file must exist)."""
-  base, sep, path = name.partition(':')
-  if sep and base in FILE_DATASETS:
-    if not os.path.isfile(path):
-      raise ValueError(f'dataset {name!r}: the description file {path!r} does not exist '
-                       f'(expected {base}:PATH/spec.json).')
-    return base, path
-  base, _, config = name.partition('/')
-  if base not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; expected one of {sorted(DATASETS)} '
-                     "(optionally with a config, e.g. 'synthetic/tiny', or joined by '+'), "
-                     'or coco_format:PATH/spec.json (a COCO-format keypoint set).')
-  return base, (config or None)
-
-
-def get_spec(name):
-  base, config = split_name(name)
-  if base in FILE_DATASETS:
-    return dataclasses.replace(FILE_DATASETS[base], skeleton=os.path.abspath(config))
-  return DATASETS[base]
-
-
-def file_safe(name):
-  """A dataset name as a file-name part: 'coco_format:/a/mouse.json' -> 'coco_format_mouse'."""
-  base, sep, path = name.partition(':')
-  if sep and base in FILE_DATASETS:
-    name = f'{base}_{os.path.splitext(os.path.basename(path))[0]}'
-  return name.replace('/', '_').replace('+', '_')
-
-
-def default_data_dir():
-  """Where built datasets live: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.environ.get('TFDS_DATA_DIR',
-                        os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
-
-
-def default_manual_dir():
-  """../shared/data next to the repository when it exists (the archives at hand)."""
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  path = os.path.join(os.path.dirname(repo), 'shared', 'data')
-  return path if os.path.isdir(path) else None
+from jhpe.datasets import (DATASETS, FILE_DATASETS, DatasetSpec,  # pylint: disable=unused-import
+                           default_data_dir, default_manual_dir, file_safe, get_spec,
+                           split_name)
 
 
 def get_builder(name, data_dir=None, **builder_kwargs):
@@ -147,11 +62,12 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
   data_dir = data_dir or default_data_dir()
   manual_dir = manual_dir or default_manual_dir()
   builder_kwargs.update(skip_bad_examples=skip_bad_examples, manual_dir=manual_dir)
-  builder = get_builder(name, data_dir, **builder_kwargs)
-  if builder.is_prepared():
-    return builder
+  with _quiet_tfds():
+    builder = get_builder(name, data_dir, **builder_kwargs)
+    if builder.is_prepared():
+      return builder
   lock = os.path.join(data_dir, f'.{file_safe(name)}.lock')
-  with _lock(lock):
+  with _lock(lock), _quiet_tfds():
     builder = get_builder(name, data_dir, **builder_kwargs)
     if not builder.is_prepared():
       builder.download_and_prepare(
@@ -168,6 +84,24 @@ def gt_annotations(name, split, manual_dir=None):
   module = importlib.import_module(get_spec(name).builder.partition(':')[0])
   find = getattr(module, 'gt_annotations', None)
   return find(split, manual_dir or default_manual_dir(), config) if find else None
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's progress bars, its 'Downloading ... Unknown size' banner and its warnings
+  about the folders it is writing (e.g. 'has no dataset_info.json') say nothing useful
+  about a build from local archives (the builders print their own two lines:
+`common.PoseBuilder`)."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+  logger = logging.getLogger('absl')
+  level, bars = logger.level, tqdm_utils._active  # pylint: disable=protected-access
+  logger.setLevel(logging.ERROR)
+  tqdm_utils.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+    tqdm_utils.display_progress_bar(bars)
 
 
 def normaliser(name, fields):

@@ -240,7 +240,7 @@ def tuple_item_type(field: dataclasses.Field) -> Optional[type]:
 
 
 def _check_dataset(flag, name):
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  from jhpe import datasets as registry  # pylint: disable=g-import-not-at-top  # No TFDS.
   try:
     registry.split_name(name)
   except ValueError as e:
@@ -250,7 +250,7 @@ def _check_dataset(flag, name):
 def skeleton_of(config: Config):
   """The `jhpe.skeletons.Skeleton` of the evaluation dataset."""
   from jhpe import skeletons  # pylint: disable=g-import-not-at-top
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  from jhpe import datasets as registry  # pylint: disable=g-import-not-at-top  # No TFDS.
   return skeletons.get_skeleton(registry.get_spec(config.dataset).skeleton)
 
 

@@ -31,7 +31,7 @@ NUM_GRID_EXAMPLES = 4  # Best and worst examples kept for the figure.
 
 
 class Preempted(Exception):
-  """Raised inside evaluation when a SIGTERM asks the run to stop."""
+  """Raised inside evaluation when SIGTERM or Ctrl-C asks the run to stop."""
 
 
 def eval_tag(results: dict) -> str:
@@ -47,7 +47,7 @@ def dataset_tag(dataset: str, split: str) -> str:
 
 
 def skeleton_of(dataset: str) -> skeletons_lib.Skeleton:
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
+  from jhpe import datasets as registry  # pylint: disable=g-import-not-at-top  # No TFDS.
   return skeletons_lib.get_skeleton(registry.get_spec(dataset).skeleton)
 
 
@@ -73,7 +73,9 @@ def _gather(tree):
 def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str,
              mesh=None, num_examples: int = 0, loader=None,
              should_stop: Optional[Callable[[], bool]] = None,
-             collect_figures: bool = False, evaluator=None) -> tuple[dict, list, dict]:
+             collect_figures: bool = False, evaluator=None,
+             progress: Optional[Callable[[int, int], None]] = None
+             ) -> tuple[dict, list, dict]:
   """Predicts every example of `dataset`/`split` and scores it.
 
   Args:
@@ -90,6 +92,7 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
     evaluator: default `evaluators.for_dataset(dataset)`. An `OksEvaluator` adds OKS AP
       (`coco_eval.add_oks`); over a `coco_eval.DetectionSource` loader (detected person
       boxes, no matched ground truth per crop) it is the only metric.
+    progress: called after each batch with (examples done, examples in all).
 
   Returns:
     (results, predictions, figure_inputs): results {'metric', 'mean', 'per_joint', 'pcp',
@@ -115,6 +118,7 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
   num_batches = math.ceil(per_shard / local_batch)
   if num_examples:
     num_batches = min(num_batches, math.ceil(num_examples / config.global_eval_batch_size))
+  num_people = min(total, num_examples) if num_examples else total
   outs = []
   grid = []  # (score, canvas, pred canvas px, gt canvas px, visible, index)
   it = iter(loader)
@@ -138,6 +142,8 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
       # The gathered arrays hold every process's rows in process order; the grid pairs
       # them with this process's own batch (its canvases), so it takes this process's rows.
       _keep_grid_examples(grid, batch, _local_rows(out, local_batch), evaluator)
+    if progress is not None:
+      progress(min(len(outs) * config.global_eval_batch_size, num_people), num_people)
   res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   keep = (res["valid"] > 0) & (res["index"] >= 0)
   if num_examples:
@@ -294,12 +300,16 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
                      split: Optional[str] = None, num_examples: int = 0,
                      overrides: Optional[dict] = None, figures: bool = True,
                      person_boxes: Optional[str] = None, box_score_threshold: float = 0.0,
-                     oks_nms_threshold: float = 0.9) -> dict:
+                     oks_nms_threshold: float = 0.9,
+                     should_stop: Optional[Callable[[], bool]] = None,
+                     progress: Optional[Callable[[int, int], None]] = None) -> dict:
   """Evaluates a workdir's checkpoint ('latest', 'best' or a step) on any dataset split.
 
-  Writes eval/<dataset>_<split>.json and the predictions file; returns the results.
-  OKS AP datasets (COCO): `person_boxes`, a COCO results file of detected person boxes
-  (those scored >= `box_score_threshold`), replaces the ground-truth boxes (files tagged
+  Writes eval/<dataset>_<split>.json and the predictions file; returns the results
+  (`results['files']`: the paths written). `should_stop` is polled between batches:
+  True raises `Preempted` before anything is written. OKS AP datasets (COCO):
+  `person_boxes`, a COCO results file of detected person boxes (those scored >=
+  `box_score_threshold`), replaces the ground-truth boxes (files tagged
   `_detected_boxes`); `oks_nms_threshold` is OKS-NMS's (>= 1: off).
 
   Raises:
@@ -334,7 +344,8 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
   results, predictions, figure_inputs = evaluate(
       variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
-      collect_figures=figures, loader=loader, evaluator=evaluator)
+      collect_figures=figures, loader=loader, evaluator=evaluator,
+      should_stop=should_stop, progress=progress)
   results.update(step=step, checkpoint=path)
   # Another decoding or flip test than the run's own goes to files of its own, so the
   # run's evaluation is never overwritten by a variant of it.
@@ -350,6 +361,7 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   if variant:
     results["variant"] = variant
   if jax.process_index() == 0:
-    write_eval_files(workdir, results, predictions)
-    save_figures(workdir, results, figure_inputs)
+    paths = write_eval_files(workdir, results, predictions)
+    drawn = save_figures(workdir, results, figure_inputs)
+    results = {**results, "files": [*paths, *drawn.values()]}
   return results

@@ -117,8 +117,8 @@ def for_dataset(dataset: str, **oks_options) -> PckEvaluator:
 
   oks_options: `OksEvaluator` settings (datasets whose metric is 'oks_ap').
   """
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top  # Light.
-  spec = registry.get_spec(dataset)
+  from jhpe import datasets  # pylint: disable=g-import-not-at-top  # Light.
+  spec = datasets.get_spec(dataset)
   if spec.metric == "oks_ap":
     return OksEvaluator(**oks_options)
   if spec.normaliser == "head":

@@ -4,9 +4,11 @@ What a run guarantees:
 - Resume: a run restarted with the same command continues from the latest finished
   checkpoint (params, optimiser, step, RNG, data iterator); randomness is a function of
   (seed, step, example), so on the CPU the resumed run ends bitwise as an uninterrupted one.
-- Preemption: SIGTERM (during training or evaluation) saves a checkpoint at the current
-  step and returns cleanly (`result['preempted']`); the restart continues exactly. In a
-  multi-host run a SIGTERM on any process stops every process at the same step.
+- Preemption: SIGTERM or Ctrl-C (during training or evaluation) saves a checkpoint at the
+  current step and returns cleanly (`result['preempted']`; the entry points exit 0); the
+  restart continues exactly. A second Ctrl-C aborts at once (exit status 130; the last
+  complete checkpoint is kept). In a multi-host run a SIGTERM on any process stops every
+  process at the same step.
 - NaN/Inf: a step whose loss, gradients or new params are not finite is not applied.
   `nan_policy='stop'` stops the run with `NonFiniteError` naming the step (checkpoints on
   disk are all from good steps); 'skip' counts it (`skipped_steps` in metrics.jsonl) and
@@ -18,6 +20,7 @@ What a run guarantees:
 """
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -29,7 +32,9 @@ import numpy as np
 from jhpe.train import checkpoint as ckpt
 from jhpe.train import config as config_lib
 from jhpe.train import evaluate as eval_lib
-from jhpe.train.runtime import MetricWriter, PreemptionFlag, WorkdirLock
+from jhpe.train import evaluators
+from jhpe.train import progress
+from jhpe.train.runtime import MetricWriter, PreemptionFlag, WorkdirLock, eval_record
 from jhpe.train import state as state_lib
 from jhpe.train import steps as steps_lib
 from jhpe.train.config import Config
@@ -46,30 +51,6 @@ class NonFiniteError(RuntimeError):
         f"{'step ' + str(last_checkpoint) if last_checkpoint is not None else 'none'} in "
         f"{ckpt.checkpoint_dir(workdir)}. Lower --learning_rate, set --grad_clip, or pass "
         f"--nan_policy=skip to skip such steps.")
-
-
-def eval_record(results: dict) -> dict:
-  """The metrics.jsonl record of an evaluation: the mean, PCP and each stage's mean.
-
-  Every evaluation logs them, so the learning curve of each stage (do later stages
-  refine earlier ones, and from when?) is in metrics.jsonl, not only in the final eval.
-  """
-  metric = results["metric"]
-  record = {f"eval/{metric}": results["mean"], "eval/num_examples": results["num_examples"]}
-  if results.get("pcp"):
-    record["eval/PCP"] = results["pcp"]["mean"]
-  per_stage = results.get("per_stage") or ()
-  if len(per_stage) > 1:
-    for s in per_stage:
-      record[f"eval/{metric}/stage{s['stage']}"] = s["mean"]
-  return record
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 # -- The loop. --
@@ -102,6 +83,7 @@ class _Runner:
     self.train_loader = train_loader
     self.eval_loader = eval_loader
     self.writer = MetricWriter(workdir, enabled=self.chief)
+    self.outputs = {"eval_files": [], "figures": []}  # What the last evaluation wrote.
     self.manager = ckpt.make_manager(workdir, keep=config.keep_checkpoints,
                                      async_save=config.async_checkpoints)
     flips = config_lib.skeleton_of(config).flip_permutation
@@ -150,17 +132,25 @@ class _Runner:
     """Evaluates `state` on the eval split; writes the eval files (process 0)."""
     host = self.to_host_state(state)
     use_ema = self.config.ema_decay > 0
+    shown = progress.EvalProgress(
+        f"{self.config.dataset} {self.config.eval_split} at step {step}",
+        enabled=self.chief)
     results, predictions, figures = eval_lib.evaluate(
         host.variables(use_ema=use_ema), self.model, self.config,
         dataset=self.config.dataset, split=self.config.eval_split, mesh=self.mesh,
         num_examples=self.config.num_eval_examples, loader=self.eval_loader,
-        should_stop=self.preempt, collect_figures=final)
+        should_stop=self.preempt, collect_figures=final, progress=shown)
     results.update(step=int(step), ema=use_ema,
                    checkpoint=os.path.join(ckpt.checkpoint_dir(self.workdir), str(step)))
     if self.chief:
-      eval_lib.write_eval_files(self.workdir, results, predictions)
+      self.outputs["eval_files"] = list(
+          eval_lib.write_eval_files(self.workdir, results, predictions))
       if final:
-        eval_lib.save_figures(self.workdir, results, figures)
+        written = eval_lib.save_figures(self.workdir, results, figures)
+        self.outputs["figures"] = list(written.values())
+        self.writer.write_images(
+            step, {f"figures/{name}": path for name, path in written.items()})
+      print(progress.result_line(results, shown.elapsed), flush=True)
     return results
 
 
@@ -193,9 +183,15 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
   with lock, PreemptionFlag() as preempt:
     if chief:
       config_lib.save_config(config, workdir)
+      print(f"Training {config.model} on {config.train_dataset or config.dataset} for "
+            f"{config.num_train_steps} steps in {workdir} (Ctrl-C saves a checkpoint "
+            f"and stops; the same command resumes).", flush=True)
       for path in ckpt.quarantine_incomplete(workdir):
         logging.warning("Set aside an unfinished checkpoint: %s", path)
     runner = _Runner(config, workdir, preempt, train_loader, eval_loader)
+    runner.writer.write_hparams(
+        json.loads(config.to_json()),
+        metrics=(f"eval/{evaluators.for_dataset(config.dataset).title}", "loss"))
     try:
       return _train(runner)
     finally:
@@ -253,7 +249,8 @@ def _train(r: _Runner) -> dict:
 
   window = []  # Per-step metrics since the last log line.
   t_window = time.time()
-  t_start, step_start = time.time(), start
+  t_start = time.time()
+  eta = progress.EtaEstimator(total)
 
   def consume(done, metrics):
     """The host side of step `done`: the NaN policy, and the log line at log steps."""
@@ -267,8 +264,9 @@ def _train(r: _Runner) -> dict:
       logging.warning("Step %d: non-finite loss or gradients; update skipped "
                       "(--nan_policy=skip, %d so far).", done, skipped)
     window.append(m)
+    now = time.time()
+    eta.step_done(done, now)
     if done % config.log_every == 0 or done == total:
-      now = time.time()
       steps_per_s = len(window) / max(now - t_window, 1e-9)
       finite = [w for w in window if w["nonfinite"] == 0] or window
       record = {
@@ -284,11 +282,10 @@ def _train(r: _Runner) -> dict:
       }
       r.writer.write(done, record)
       if r.chief:
-        rate = (done - step_start) / max(now - t_start, 1e-9)
         print(f"step {done}/{total}  loss {record['loss']:.6f}  "
               f"lr {record['learning_rate']:.3g}  {steps_per_s:.2f} steps/s  "
               f"{record['images_per_s']:.1f} img/s  "
-              f"ETA {_format_duration((total - done) / max(rate, 1e-9))}", flush=True)
+              f"{progress.eta_text(eta, done, eval_every)}", flush=True)
       window, t_window = [], now
 
   # Step N's metrics are read once step N+1 is queued, so the device keeps working while
@@ -302,7 +299,14 @@ def _train(r: _Runner) -> dict:
         consume(*pending)
       return preempted_exit(step)
     batch = next(data_iter)
+    if step == start and r.chief:
+      # The first call traces and compiles the step (then dispatches it): its time is
+      # said apart, and the ETA measures from after it.
+      print("compiling the train step...", end="", flush=True)
+      t_compile = time.time()
     state, metrics = r.train_step(state, r.device_batch(batch))
+    if step == start and r.chief:
+      print(f" {time.time() - t_compile:.0f} s", flush=True)
     done = step + 1
     if pending:
       consume(*pending)
@@ -314,11 +318,13 @@ def _train(r: _Runner) -> dict:
       pending = None
     eval_metrics = None
     if evaluate_now:
+      t_eval = time.time()
       try:
         results = run_eval(done, final=False)
       except eval_lib.Preempted:
         return preempted_exit(done)
       eval_metrics = {ckpt.BEST_METRIC: results["mean"] or 0.0}
+      eta.eval_done(time.time() - t_eval, done, time.time())
     if save_now:
       r.save(state, done, data_iter, metrics=eval_metrics)
 
@@ -332,5 +338,9 @@ def _train(r: _Runner) -> dict:
   r.manager.wait_until_finished()
   if r.chief:
     print(eval_lib.format_table(results), flush=True)
+    print(progress.final_block(
+        workdir, step=total, seconds=time.time() - t_start,
+        checkpoint=os.path.join(ckpt.checkpoint_dir(workdir), str(total)),
+        eval_files=r.outputs["eval_files"], figures=r.outputs["figures"]), flush=True)
   result.update(step=total, eval=results, skipped_steps=skipped)
   return result

@@ -1,9 +1,14 @@
 """The training loop's runtime pieces: the workdir lock, the preemption flag, metrics.
 
   WorkdirLock      one run per workdir (flock: a dead process's lock is free again)
-  PreemptionFlag   SIGTERM -> a flag the loop polls; in a multi-host run every process
+  PreemptionFlag   SIGTERM or Ctrl-C (SIGINT) -> a flag the loop polls; a second Ctrl-C
+                   aborts at once (exit status 130); in a multi-host run every process
                    stops at the same step
-  MetricWriter     metrics.jsonl and TensorBoard events, written by process 0
+  MetricWriter     metrics.jsonl and TensorBoard events (scalars, the config as
+                   hyperparameters, the evaluation figures as images), by process 0
+
+Units: every file stores metrics as fractions in [0, 1] (PCK 0.699, as the eval JSON);
+the console and the tables print them as percent (69.9).
 """
 
 import fcntl
@@ -12,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from typing import Optional
 
@@ -73,11 +79,19 @@ class WorkdirLock:
     self.release()
 
 
-# -- SIGTERM. --
+# -- SIGTERM and Ctrl-C. --
+
+# The exit status of a run aborted by a second Ctrl-C (128 + SIGINT, as a shell reports it).
+ABORT_EXIT_STATUS = 130
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (installed only in the main thread); the loop polls it.
+  """Set by SIGTERM or SIGINT (Ctrl-C), installed only in the main thread; the loop polls it.
+
+  The first signal asks the run to stop where it can save (the loop saves a checkpoint
+  at the current step and returns; an evaluation stops before writing anything). A second
+  SIGINT while that happens aborts at once (`os._exit(130)`): orbax commits a checkpoint
+  by renaming its folder, so an abort never leaves a half-written one to restore.
 
   In a multi-host run the processes catch SIGTERM at different times, yet they must stop
   at the same step: one process saving (a collective barrier) while another runs a train
@@ -87,11 +101,16 @@ class PreemptionFlag:
 
   Args:
     sync: agree over processes at each poll (default: when there are several).
+    what: what the first signal stops, for its console line ('saving a checkpoint').
   """
 
-  def __init__(self, sync: Optional[bool] = None):
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, sync: Optional[bool] = None,
+               what: str = "saving a checkpoint at the end of this step and stopping"):
     self.requested = False
-    self._previous = None
+    self.what = what
+    self._previous = {}
     self.sync = jax.process_count() > 1 if sync is None else sync
 
   def __call__(self) -> bool:
@@ -105,21 +124,48 @@ class PreemptionFlag:
     return bool(np.any(flags))
 
   def _handler(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint and stopping.")
+    del frame
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      # print, not logging: the entry points log warnings and up only, and this must show.
+      print(f"\n{name} again: aborting now (the last complete checkpoint is kept).",
+            file=sys.stderr, flush=True)
+      os._exit(ABORT_EXIT_STATUS)  # pylint: disable=protected-access
     self.requested = True
+    again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+    print(f"\n{name}: {self.what}{again}.", file=sys.stderr, flush=True)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handler)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+    self._previous = {}
 
 
 # -- Logging. --
+
+
+def eval_record(results: dict) -> dict:
+  """The metrics.jsonl record of an evaluation: the mean, PCP and each stage's mean.
+
+  Every evaluation logs them, so the learning curve of each stage (do later stages
+  refine earlier ones, and from when?) is in metrics.jsonl, not only in the final eval.
+  """
+  metric = results["metric"]
+  record = {f"eval/{metric}": results["mean"], "eval/num_examples": results["num_examples"]}
+  if results.get("pcp"):
+    record["eval/PCP"] = results["pcp"]["mean"]
+  per_stage = results.get("per_stage") or ()
+  if len(per_stage) > 1:
+    for s in per_stage:
+      record[f"eval/{metric}/stage{s['stage']}"] = s["mean"]
+  return record
+
 
 
 class MetricWriter:
@@ -165,6 +211,43 @@ class MetricWriter:
             self._tb.add_scalar(f"{k}/{s}", x, step)
       self._tb.flush()
 
+  def write_hparams(self, config: dict, metrics: tuple = ()) -> None:
+    """The run's config as TensorBoard hyperparameters (the HPARAMS tab) and as text.
+
+    Args:
+      config: `Config.to_dict()`-like; nested dicts are flattened ('model_kwargs.depth'),
+        lists and tuples become strings.
+      metrics: scalar tags the HPARAMS tab shows beside them ('eval/PCK@0.2').
+    """
+    if self._tb is None:
+      return
+    from tensorboardX import summary as tb_summary  # pylint: disable=g-import-not-at-top
+    # add_scalar stores 'eval/PCK@0.2' as 'eval/PCK_0.2': name the metrics as stored.
+    clean = getattr(tb_summary, "_clean_tag", lambda tag: tag)
+    flat = flatten_hparams(config)
+    writer = self._tb._get_file_writer()  # pylint: disable=protected-access
+    # In this run's own folder (SummaryWriter.add_hparams would open a sub-run), so the
+    # HPARAMS tab pairs the values with this run's scalars.
+    for summary in tb_summary.hparams(flat, {clean(tag): 0.0 for tag in metrics}):
+      writer.add_summary(summary)
+    self._tb.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+    self._tb.flush()
+
+  def write_images(self, step: int, paths: dict) -> None:
+    """PNG files as TensorBoard images ({tag: path}); unreadable ones are skipped."""
+    if self._tb is None:
+      return
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    for tag, path in sorted(paths.items()):
+      try:
+        with Image.open(path) as image:
+          pixels = np.asarray(image.convert("RGB"))
+      except OSError as e:
+        logging.warning("TensorBoard: could not read the figure %s: %s", path, e)
+        continue
+      self._tb.add_image(tag, pixels, step, dataformats="HWC")
+    self._tb.flush()
+
   def eval_steps(self) -> set:
     """The steps with an evaluation record."""
     if not os.path.exists(self.path):
@@ -183,3 +266,21 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def flatten_hparams(config: dict, prefix: str = "") -> dict:
+  """{'model_kwargs': {'depth': 4}, 'test_scales': [1.0]} ->
+  {'model_kwargs.depth': 4, 'test_scales': '1.0'}: the value types TensorBoard's
+  hyperparameters take (str, bool, int, float)."""
+  flat = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten_hparams(value, f"{name}."))
+    elif isinstance(value, (list, tuple)):
+      flat[name] = ",".join(str(v) for v in value)
+    elif value is None or isinstance(value, (str, bool, int, float)):
+      flat[name] = "" if value is None else value
+    else:
+      flat[name] = str(value)
+  return flat

@@ -21,6 +21,8 @@ naming the file and the index; builders skip and count such examples only when b
 import io
 import logging
 import os
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -44,11 +46,28 @@ class PoseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, skip_bad_examples=False, manual_dir=None, **kwargs):
     """skip_bad_examples: skip and count bad examples (else raise, naming them);
-    manual_dir: the folder holding the official files (else TFDS's manual_dir)."""
+    manual_dir: the folder holding the official files (else the download config's, else
+    `jhpe.datasets.default_manual_dir()`). The files are array_record by default, which
+    builds and reads without TensorFlow (TFDS's default, tfrecord, needs it)."""
+    kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
     self.manual_dir = manual_dir
     self.skip_bad_examples = skip_bad_examples
     self.skipped = []
+    self._build_start = None
+
+  # TFDS prints 'Downloading and preparing dataset Unknown size (download: Unknown size,
+  # ...)' and 'Dataset ... downloaded and prepared'; a build from local archives says
+  # what it does instead.
+  def _log_download_bytes(self):
+    self._build_start = time.time()
+    print(f'Building dataset {self.name}'
+          f'{"/" + self.builder_config.name if self.builder_config else ""} into '
+          f'{self.data_dir} (once; later runs reuse it)...', file=sys.stderr, flush=True)
+
+  def _log_download_done(self):
+    took = f' in {time.time() - self._build_start:.0f} s' if self._build_start else ''
+    print(f'Built dataset {self.name}{took}.', file=sys.stderr, flush=True)
 
 
 def pose_features(num_joints, **extra):
@@ -174,10 +193,12 @@ def zlib_error():
 
 
 def manual_dir_of(builder, dl_manager):
-  """The builder's own `manual_dir`, else TFDS's `dl_manager.manual_dir`, else None."""
+  """The builder's own `manual_dir`, else TFDS's `dl_manager.manual_dir` when it exists,
+  else `jhpe.datasets.default_manual_dir()` ($JHPE_MANUAL_DIR, ../shared/data), else None."""
   if getattr(builder, 'manual_dir', None):
     return os.fspath(builder.manual_dir)
   try:
-    return dl_manager.manual_dir
+    return os.fspath(dl_manager.manual_dir)
   except (AssertionError, ValueError):  # TFDS asserts when it is absent or empty.
-    return None
+    from jhpe import datasets  # pylint: disable=g-import-not-at-top
+    return datasets.default_manual_dir()

@@ -259,8 +259,12 @@ def encode_jpeg(image, quality=90):
   return buf.getvalue()
 
 
-class Synthetic(tfds.core.GeneratorBasedBuilder):
-  """Procedural articulated figures on the LSP skeleton (train and test splits)."""
+class Synthetic(common.PoseBuilder):
+  """Procedural articulated figures on the LSP skeleton (train and test splits).
+
+  The shared constructor (`common.PoseBuilder`: array_record, the build's console lines);
+  generated data is never bad, and needs no manual_dir.
+  """
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
@@ -274,14 +278,6 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
                       min_clutter=0, max_clutter=4, occluder_prob=0.1, blur_prob=0.2),
   ]
   DEFAULT_CONFIG_NAME = 'default'
-
-  def __init__(self, *, skip_bad_examples=False, manual_dir=None, **kwargs):
-    """skip_bad_examples: skip and count bad examples (else raise, naming them);
-    manual_dir: the folder holding the official files (else TFDS's manual_dir)."""
-    super().__init__(**kwargs)
-    self.manual_dir = manual_dir
-    self.skip_bad_examples = skip_bad_examples  # Generated data is never bad.
-    self.skipped = []
 
   def _info(self):
     return self.dataset_info_from_configs(
