@@ -9,14 +9,15 @@ r"""Evaluates a training workdir's checkpoint on any dataset split.
 
 Writes `<workdir>/eval/<dataset>_<split>.json` (metrics: mean and per joint, the step, the
 checkpoint used) and `<workdir>/eval/<dataset>_<split>_predictions.json`, draws the eval
-figures, and prints the evaluation table. The model, input size, decoding and flip test
+figures (`--eval_dir=DIR`: all under DIR instead, for a read-only workdir), and prints the evaluation table. The model, input size, decoding and flip test
 are the workdir's (config.json); --dataset and --split default to its evaluation split.
 --decode, --flip_test and --test_scales evaluate a variant: its files get a suffix naming
 what changed (`lsp_test_taylor_noflip.json`, `lsp_test_scales0.8-1-1.2.json`), so the
 run's own evaluation is never overwritten.
 
 Bad input (no checkpoint, an unknown dataset or split, a dataset whose skeleton is not
-the model's) is one line on stderr naming it, exit status 2, before anything is written:
+the model's, a workdir it cannot write to without --eval_dir) is one line on stderr
+naming it, exit status 2, before anything is written or evaluated:
 the workdir's existing files are left as they are.
 """
 
@@ -38,6 +39,8 @@ flags.DEFINE_string("dataset", "", "Dataset, e.g. lsp, mpii, synthetic/tiny ('' 
 flags.DEFINE_string("split", "", "Split ('' = the workdir's evaluation split).")
 flags.DEFINE_integer("num_examples", 0, "Evaluate the first N examples (0 = all).")
 flags.DEFINE_bool("figures", True, "Draw the evaluation figures into <workdir>/figures.")
+flags.DEFINE_string("eval_dir", "", "Where eval/ and figures/ go ('' = the workdir; "
+                    "another folder for a read-only workdir).")
 # Config fields this evaluation may change; unset, each keeps the workdir's value. Their
 # help and choices are the fields' (jhpe/train/config.py).
 _OVERRIDES = ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test",
@@ -86,7 +89,7 @@ def main(argv: Sequence[str]) -> None:
     results = eval_lib.evaluate_workdir(
         FLAGS.workdir, which=which, dataset=FLAGS.dataset or None,
         split=FLAGS.split or None, num_examples=FLAGS.num_examples,
-        overrides=overrides, figures=FLAGS.figures)
+        overrides=overrides, figures=FLAGS.figures, out_dir=FLAGS.eval_dir or None)
   except ValueError as e:  # CheckpointError is one.
     common.fail(str(e).splitlines()[0] if str(e) else repr(e))
   import jax  # pylint: disable=g-import-not-at-top

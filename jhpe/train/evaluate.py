@@ -268,10 +268,13 @@ def save_figures(workdir: str, results: dict, figure_inputs: dict) -> dict:
 
 def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[str] = None,
                      split: Optional[str] = None, num_examples: int = 0,
-                     overrides: Optional[dict] = None, figures: bool = True) -> dict:
+                     overrides: Optional[dict] = None, figures: bool = True,
+                     out_dir: Optional[str] = None) -> dict:
   """Evaluates a workdir's checkpoint ('latest', 'best' or a step) on any dataset split.
 
-  Writes eval/<dataset>_<split>.json and the predictions file; returns the results.
+  Writes <out_dir>/eval/<dataset>_<split>.json and the predictions file (and figures/);
+  `out_dir` defaults to the workdir (another folder for a read-only workdir). Returns
+  the results.
 
   Raises:
     ValueError: no config.json; an unknown dataset or split; a dataset whose skeleton is
@@ -297,6 +300,12 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   overrides = {**(overrides or {}), "dataset": dataset, "eval_split": split}
   config.replace(**overrides).validate(num_devices=jax.device_count(),
                                        num_processes=jax.process_count())
+  from jhpe.data import preflight  # pylint: disable=g-import-not-at-top
+  preflight.check_split(dataset, split, data_dir=config.data_dir or None,
+                        manual_dir=config.manual_dir or None)
+  out_dir = out_dir or workdir
+  if jax.process_index() == 0:
+    check_writable(out_dir)
   config, model, variables, step = ckpt.load_model(workdir, which, overrides)
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
   results, predictions, figure_inputs = evaluate(
@@ -315,6 +324,21 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   if variant:
     results["variant"] = variant
   if jax.process_index() == 0:
-    write_eval_files(workdir, results, predictions)
-    save_figures(workdir, results, figure_inputs)
+    write_eval_files(out_dir, results, predictions)
+    save_figures(out_dir, results, figure_inputs)
   return results
+
+
+def check_writable(out_dir: str) -> None:
+  """Raises ValueError (one line) unless <out_dir>/eval can be written: before the work."""
+  target = os.path.join(out_dir, "eval")
+  try:
+    os.makedirs(target, exist_ok=True)
+    ok = os.access(target, os.W_OK | os.X_OK)
+  except OSError as e:
+    ok, why = False, e.strerror
+  else:
+    why = "not writable"
+  if not ok:
+    raise ValueError(f"cannot write the evaluation files to {target} ({why}); pass "
+                     "--eval_dir=a writable folder to write them there.")

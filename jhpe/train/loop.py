@@ -188,6 +188,10 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
   config_lib.check_workdir(workdir)
   if ckpt.latest_step(workdir) is not None:
     config_lib.check_resumable(config, workdir)
+  if train_loader is None or eval_loader is None:
+    # Both splits there (built or buildable) before training, not at the first evaluation.
+    from jhpe.data import preflight  # pylint: disable=g-import-not-at-top
+    preflight.check_config(config)
   chief = jax.process_index() == 0
   lock = WorkdirLock(workdir) if chief else contextlib.nullcontext()
   with lock, PreemptionFlag() as preempt:
