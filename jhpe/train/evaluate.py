@@ -303,10 +303,10 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   from jhpe.data import preflight  # pylint: disable=g-import-not-at-top
   preflight.check_split(dataset, split, data_dir=config.data_dir or None,
                         manual_dir=config.manual_dir or None)
+  config, model, variables, step = ckpt.load_model(workdir, which, overrides)
   out_dir = out_dir or workdir
   if jax.process_index() == 0:
     check_writable(out_dir)
-  config, model, variables, step = ckpt.load_model(workdir, which, overrides)
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
   results, predictions, figure_inputs = evaluate(
       variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
@@ -330,15 +330,16 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
 
 
 def check_writable(out_dir: str) -> None:
-  """Raises ValueError (one line) unless <out_dir>/eval can be written: before the work."""
-  target = os.path.join(out_dir, "eval")
-  try:
-    os.makedirs(target, exist_ok=True)
-    ok = os.access(target, os.W_OK | os.X_OK)
-  except OSError as e:
-    ok, why = False, e.strerror
-  else:
-    why = "not writable"
-  if not ok:
-    raise ValueError(f"cannot write the evaluation files to {target} ({why}); pass "
-                     "--eval_dir=a writable folder to write them there.")
+  """Raises ValueError (one line) unless <out_dir>/eval could be written; creates nothing.
+
+  Asked before the evaluation runs: a read-only workdir (access(2) answers EROFS even to
+  root) would otherwise fail at the end, with the work lost.
+  """
+  target = os.path.join(os.path.abspath(out_dir), "eval")
+  existing = target
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+    raise ValueError(f"cannot write the evaluation files to {target} ({existing} is not a "
+                     "writable folder); pass --eval_dir=a writable folder to write them "
+                     "there.")
