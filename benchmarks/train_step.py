@@ -40,6 +40,9 @@ PRESETS = {
                       'adam', 'lsp'),
     'hourglass/paper': ('hourglass', dict(num_stacks=8, num_features=256), 256, 'rmsprop',
                         'mpii'),
+    # The same model with `nn.scan` over its stacks (one stack compiled instead of eight).
+    'hourglass/paper_scan': ('hourglass', dict(num_stacks=8, num_features=256,
+                                               scan_stacks=True), 256, 'rmsprop', 'mpii'),
     'cpm/tiny': ('cpm', dict(num_stages=2, width=0.0625), 64, 'sgd', 'lsp'),
     'cpm/cpu': ('cpm', dict(num_stages=3, width=0.25), 128, 'adam', 'lsp'),
     'cpm/paper': ('cpm', dict(num_stages=6, width=1.0), 368, 'sgd', 'lsp'),
@@ -120,7 +123,9 @@ def measure_config(name, batch=8, repeats=3, warmup=1, dtype='float32'):
 
   timing = common.time_calls(run, repeats, warmup)
   fwd = summary.flops_per_image(model, config.input_size)
-  step_flops = common.compiled_flops(compiled)
+  # XLA counts a scanned loop's body once: a scanned model's step would be undercounted.
+  step_flops = (None if getattr(model, 'scan_stacks', False)
+                else common.compiled_flops(compiled))
   # XLA's count of the whole step when it has one; else the usual 3x the forward.
   step_per_image = step_flops / batch if step_flops else 3 * fwd
   return {

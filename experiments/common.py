@@ -143,18 +143,25 @@ def config_from_flags(model: str, model_kwarg_flags: Sequence[str]) -> config_li
 
 
 def define_distributed_flags() -> None:
-  """The multi-host flags `init_distributed` reads (training and evaluation entry points).
-
-  SLURM's environment is detected when they are unset.
-  """
+  """The process flags `init_distributed` reads (training and evaluation entry points):
+  multi-host (SLURM's environment is detected when they are unset) and the compilation
+  cache."""
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
   flags.DEFINE_integer("process_id", None, "This process's index.")
+  flags.DEFINE_string(
+      "compilation_cache", None,
+      "Folder of JAX's persistent compilation cache, so a second start of the same config "
+      "does not compile again; '' turns it off. Default: $JHPE_COMPILATION_CACHE, else "
+      "~/.cache/jhpe/jax (jhpe.compilation_cache).")
 
 
 def init_distributed() -> None:
-  """Starts jax.distributed from the flags, or from SLURM's environment when present."""
+  """Starts jax.distributed from the flags, or from SLURM's environment when present, and
+  the persistent compilation cache."""
   import jax  # pylint: disable=g-import-not-at-top
+  from jhpe import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable(FLAGS.compilation_cache)
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,

@@ -171,6 +171,8 @@ def run():
   # experiments/ define their own --workdir. The CPU defaults are the entry point's to set.
   from jhpe import cpu_defaults  # pylint: disable=g-import-not-at-top
   cpu_defaults.apply()
+  from jhpe import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable()  # JHPE_COMPILATION_CACHE moves it ('' turns it off).
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'A training workdir (config.json, checkpoints/); '

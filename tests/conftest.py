@@ -1,7 +1,9 @@
 """Shared pytest setup: jhpe's CPU defaults for the whole session, and the shared data."""
 
+import hashlib
 import os
 import pathlib
+import tempfile
 
 import pytest
 
@@ -10,6 +12,14 @@ from jhpe import cpu_defaults
 # The tests run JAX on the CPU: its measured XLA flags and malloc settings, as the entry
 # points apply them. pytest imports this file before any test module, so before JAX starts.
 cpu_defaults.apply()
+# The entry points started by tests (subprocesses) keep their compilation cache out of the
+# user's ~/.cache: one folder per user and checkout, shared by pytest-xdist's workers, so a
+# tiny config compiled by one test is read by the next.
+os.environ.setdefault(
+    "JHPE_COMPILATION_CACHE",
+    os.path.join(tempfile.gettempdir(),
+                 f"jhpe-test-compilation-cache-{os.getuid()}-"
+                 + hashlib.sha1(str(pathlib.Path(__file__).resolve()).encode()).hexdigest()[:8]))
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

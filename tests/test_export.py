@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 import numpy as np
 import pytest
 

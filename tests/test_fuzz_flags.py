@@ -25,7 +25,7 @@ from jhpe.train import steps as steps_lib
 TINY = config_lib.Config(
     model="hourglass", model_kwargs=dict(num_stacks=1, num_features=8, depth=1),
     dataset="synthetic/tiny", input_size=32, batch_size=4, learning_rate=1e-3)
-FLOAT_FLAGS = sorted(name for name, _ in TINY._float_values())  # pylint: disable=protected-access
+FLOAT_FLAGS = sorted(name for name, _ in config_checks.float_values(TINY))
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[hypothesis.HealthCheck.too_slow])
 

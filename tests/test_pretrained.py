@@ -25,6 +25,8 @@ from jhpe.train import evaluate as eval_lib
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAME = 'lsp_hourglass'
 SHIPPED = pathlib.Path(predict.PRETRAINED_DIR) / NAME
+# The shipped checkpoint's first 200 LSP test people, evaluated by the code before #18.
+BEFORE_18 = REPO_ROOT / 'tests' / 'data' / 'lsp_hourglass_first200_before_18.json'
 
 
 def _recorded_slice():
@@ -67,6 +69,34 @@ def test_the_shipped_model_reproduces_its_recorded_pck(shared_data_dir, tmp_path
   assert results['num_examples'] == recorded['num_examples']
   assert abs(results['mean'] - recorded['mean']) <= 0.005, (results['mean'],
                                                             recorded['mean'])
+  _assert_same_evaluation(results, json.loads(BEFORE_18.read_text()))
+
+
+def _numbers(tree, prefix=''):
+  """{'per_joint/left_hip': 0.675, 'per_stage/0/mean': ...}: every number in an eval JSON."""
+  if isinstance(tree, dict):
+    items = tree.items()
+  elif isinstance(tree, list):
+    items = enumerate(tree)
+  else:
+    return {prefix: tree} if isinstance(tree, (int, float)) else {}
+  out = {}
+  for key, value in items:
+    out.update(_numbers(value, f'{prefix}/{key}' if prefix else str(key)))
+  return out
+
+
+def _assert_same_evaluation(results, before):
+  """The same checkpoint evaluates to the same numbers as before the restructuring (#18),
+  field by field. The crop of people larger than the canvas changed on purpose since (the
+  antialiasing reduce mirrors the JPEG draft exactly), so a rate may move by one person
+  crossing a threshold (1/N); the headline must not move by more than that."""
+  now, then = _numbers(results), _numbers(before)
+  assert set(then) <= set(now), sorted(set(then) - set(now))
+  one_person = 1.0 / before['num_examples']
+  for key, value in then.items():
+    assert abs(now[key] - value) <= one_person + 1e-9, (key, now[key], value)
+  assert abs(results['mean'] - before['mean']) <= 1e-3, (results['mean'], before['mean'])
 
 
 def _lsp_test_images(shared_data_dir, ids):

@@ -3,11 +3,11 @@
 import json
 import os
 
-import jhpe  # pylint: disable=unused-import  # Sets the CPU XLA flags before JAX starts.
 import numpy as np
 import pytest
 
 from jhpe import skeletons
+from jhpe import smoothing
 from jhpe import video
 from jhpe import viz
 
@@ -32,7 +32,7 @@ def _run(f, signal, fps=30.0):
 
 
 def test_one_euro_constant_signal_stays_constant_and_keeps_shape():
-  f = video.OneEuroFilter()
+  f = smoothing.OneEuroFilter()
   joints = np.random.default_rng(0).uniform(0, 200, (14, 2)).astype(np.float32)
   out = _run(f, [joints] * 20)
   assert out.shape == (20, 14, 2) and out.dtype == np.float32
@@ -40,7 +40,7 @@ def test_one_euro_constant_signal_stays_constant_and_keeps_shape():
 
 
 def test_one_euro_first_sample_passes_and_reset_forgets():
-  f = video.OneEuroFilter(min_cutoff=0.5)
+  f = smoothing.OneEuroFilter(min_cutoff=0.5)
   np.testing.assert_array_equal(f(np.array([3.0, 4.0]), 0.0), [3.0, 4.0])
   assert not np.allclose(f(np.array([10.0, 10.0]), 0.1), [10.0, 10.0])  # Smoothed.
   f.reset()
@@ -50,7 +50,7 @@ def test_one_euro_first_sample_passes_and_reset_forgets():
 def test_one_euro_reduces_the_jitter_of_a_still_point():
   rng = np.random.default_rng(1)
   noisy = 100.0 + rng.normal(0.0, 2.0, (300, 14, 2))
-  out = _run(video.OneEuroFilter(min_cutoff=1.0, beta=0.0), noisy)
+  out = _run(smoothing.OneEuroFilter(min_cutoff=1.0, beta=0.0), noisy)
   # Skip the start (the first sample passes unchanged): a 1 Hz low-pass at 30 fps keeps
   # about 1/11 of white noise's variance.
   assert out[30:].var() < 0.2 * noisy[30:].var(), (out[30:].var(), noisy[30:].var())
@@ -64,8 +64,8 @@ def _frames_to_settle(out, target, tolerance=1.0):
 
 def test_one_euro_follows_a_step_with_bounded_lag_and_beta_shortens_it():
   step = np.concatenate([np.zeros(10), np.full(60, 100.0)])[:, None]  # 100 px at frame 10.
-  slow = _run(video.OneEuroFilter(min_cutoff=1.0, beta=0.0), step)[10:, 0]
-  fast = _run(video.OneEuroFilter(min_cutoff=1.0, beta=0.05), step)[10:, 0]
+  slow = _run(smoothing.OneEuroFilter(min_cutoff=1.0, beta=0.0), step)[10:, 0]
+  fast = _run(smoothing.OneEuroFilter(min_cutoff=1.0, beta=0.05), step)[10:, 0]
   for out in (slow, fast):
     assert np.all(np.diff(out) >= -1e-9) and np.all(out <= 100.0 + 1e-6)  # No overshoot.
   # beta = 0 is a plain 1 Hz low-pass: within 1 px after ln(0.01) / ln(1 - 0.173) = 25
@@ -77,19 +77,19 @@ def test_one_euro_follows_a_step_with_bounded_lag_and_beta_shortens_it():
 
 def test_one_euro_bad_arguments():
   with pytest.raises(ValueError, match='min_cutoff'):
-    video.OneEuroFilter(min_cutoff=0.0)
+    smoothing.OneEuroFilter(min_cutoff=0.0)
   with pytest.raises(ValueError, match='beta'):
-    video.OneEuroFilter(beta=-1.0)
-  f = video.OneEuroFilter()
+    smoothing.OneEuroFilter(beta=-1.0)
+  f = smoothing.OneEuroFilter()
   f(np.zeros((14, 2)), 1.0)
   with pytest.raises(ValueError, match='timestamps must increase'):
     f(np.zeros((14, 2)), 1.0)
   with pytest.raises(ValueError, match='shape'):
     f(np.zeros((16, 2)), 2.0)
   with pytest.raises(ValueError, match='unknown'):
-    video.make_smoother({'mincutoff': 1.0})
-  assert video.make_smoother(None) is None
-  assert video.make_smoother({'beta': 0.1}).beta == 0.1
+    smoothing.make_smoother({'mincutoff': 1.0})
+  assert smoothing.make_smoother(None) is None
+  assert smoothing.make_smoother({'beta': 0.1}).beta == 0.1
 
 
 # ----------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_predict_video_smoothing_records_raw_joints(predictor, clip, tmp_path):
   raw = np.array([r['raw_joints'] for r in records])
   smooth = np.array([r['joints'] for r in records])
   np.testing.assert_allclose(smooth[0], raw[0], atol=1e-3)  # The first passes unchanged.
-  f = video.OneEuroFilter(min_cutoff=0.5, beta=0.0)
+  f = smoothing.OneEuroFilter(min_cutoff=0.5, beta=0.0)
   expected = np.stack([f(j, i / FPS) for i, j in enumerate(raw)])
   np.testing.assert_allclose(smooth, expected, atol=2e-3)
   # A 0.5 Hz low-pass at 10 fps moves less from frame to frame than the raw joints.

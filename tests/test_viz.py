@@ -2,7 +2,6 @@
 
 import sys
 
-import jhpe  # pylint: disable=unused-import
 import matplotlib
 from matplotlib import figure as mpl_figure
 import numpy as np
@@ -278,7 +277,7 @@ def test_save_eval_figures_writes_every_figure_into_workdir(tmp_path, monkeypatc
     assert _read(path).var() > 0
   # The run and step reach the PCK curve's title.
   drawn = []
-  monkeypatch.setattr(viz, 'plot_pck_curve',
+  monkeypatch.setattr(viz.evaluation, 'plot_pck_curve',
                       lambda *a, **k: drawn.append(k) or mpl_figure.Figure())
   viz.save_eval_figures(str(tmp_path / 'c'), SKELETON, tag='t', pck_alphas=[0, 0.5],
                         pck_values_by_model={'hg': [0, 1]}, metric_name='PCKh',

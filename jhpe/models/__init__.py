@@ -28,6 +28,13 @@ def model_fields(name: str) -> tuple:
                if f.name not in ("parent", "name"))
 
 
+def model_defaults(name: str) -> dict:
+  """{field: default} of model `name`: a workdir written before a field existed holds that
+  field at its default."""
+  return {f.name: f.default for f in dataclasses.fields(_model_class(name))
+          if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+
+
 def _model_class(name: str):
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; allowed: {sorted(MODELS)}.")
@@ -49,4 +56,4 @@ def get_model(name: str, **kwargs):
   return cls(**kwargs)
 
 
-__all__ = ["MODELS", "CPM", "DeepPose", "StackedHourglass", "get_model", "model_fields"]
+__all__ = ["MODELS", "CPM", "DeepPose", "StackedHourglass", "get_model", "model_defaults", "model_fields"]

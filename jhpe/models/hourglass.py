@@ -14,11 +14,22 @@ and `layers/Residual.lua`) layer for layer:
 
 Residuals are `layers.PreActBottleneck`. Every stack has its own parameters (no sharing).
 With 8 stacks, F = 256, J = 16 the model has 25.1M parameters (HRNet paper, Table 4).
+
+`scan_stacks=True` computes the same function with `nn.scan` over stacks 1..n-1 (their
+parameters stacked on a leading axis, under `stacks/`), the last stack apart (it has no
+back-projections): XLA compiles one stack instead of n, so compilation no longer grows
+with the depth of the network. `remat=True` recomputes each stack's activations in the
+backward pass (memory for compute, for large batches on accelerators). The two layouts
+hold the same numbers: `stack_variables` / `unstack_variables` convert a variables dict
+either way, so checkpoints of either layout serve research code that expects per-stack
+names (`hourglass_3`, `stack_3_out`, ...).
 """
 
+import re
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jhpe.models import layers
@@ -58,6 +69,94 @@ class Hourglass(nn.Module):
     return up1 + layers.upsample_nearest(low, 2)
 
 
+class _Stack(nn.Module):
+  """One stack after the stem (the scanned layout's unit): hourglass, residuals, lin, the
+  heatmaps, and, unless it is the last, the back-projections into the next stack's input.
+
+  Its submodules' names are the per-stack names without the `stack_<s>_` prefix
+  (`_PER_STACK_NAMES` maps them).
+  """
+  num_joints: int
+  features: int
+  depth: int
+  num_modules: int
+  train: bool
+  project_back: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, inter, _=None):
+    """inter (B, h, w, F) -> (the next stack's input (B, h, w, F), heatmaps (B, h, w, J))."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = Hourglass(self.depth, self.features, self.num_modules,
+                  bn_axis_name=self.bn_axis_name, name="hourglass", **kw)(inter, self.train)
+    for i in range(self.num_modules):
+      y = layers.PreActBottleneck(self.features, bn_axis_name=self.bn_axis_name,
+                                  name=f"res_{i}", **kw)(y, self.train)
+    y = layers.Conv1x1(self.features, name="lin", **kw)(y)
+    y = nn.relu(layers.batch_norm(self.train, axis_name=self.bn_axis_name, name="lin_bn",
+                                  **kw)(y))
+    heatmaps = layers.Conv1x1(self.num_joints, name="out", **kw)(y)
+    if self.project_back:
+      inter = (inter + layers.Conv1x1(self.features, name="feat_back", **kw)(y)
+               + layers.Conv1x1(self.features, name="heat_back", **kw)(heatmaps))
+    return inter, heatmaps
+
+
+def _per_stack_name(scanned_name: str, s: int) -> str:
+  """A `_Stack` submodule's name -> its name in the per-stack layout of stack `s`."""
+  return f"hourglass_{s}" if scanned_name == "hourglass" else f"stack_{s}_{scanned_name}"
+
+
+def _split_stack_name(name: str):
+  """'hourglass_3' -> (3, 'hourglass'); 'stack_3_lin_bn' -> (3, 'lin_bn'); stem -> None."""
+  match = re.fullmatch(r"hourglass_(\d+)|stack_(\d+)_(.+)", name)
+  if match is None:
+    return None
+  if match.group(1) is not None:
+    return int(match.group(1)), "hourglass"
+  return int(match.group(2)), match.group(3)
+
+
+def stack_variables(variables: dict, num_stacks: int) -> dict:
+  """Per-stack layout (`scan_stacks=False`) -> scanned layout (`scan_stacks=True`).
+
+  Every collection (params, batch_stats) of stacks 0..n-2 is stacked on a new leading
+  axis under `stacks/`; stack n-1's goes under `last_stack/`; the stem is unchanged.
+  """
+  out = {}
+  for collection, tree in variables.items():
+    stem, per_stack = {}, [{} for _ in range(num_stacks)]
+    for name, sub in tree.items():
+      split = _split_stack_name(name)
+      if split is None:
+        stem[name] = sub
+      else:
+        per_stack[split[0]][split[1]] = sub
+    if num_stacks > 1:
+      stem["stacks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_stack[:-1])
+    stem["last_stack"] = per_stack[-1]
+    out[collection] = stem
+  return out
+
+
+def unstack_variables(variables: dict, num_stacks: int) -> dict:
+  """Scanned layout -> per-stack layout (the inverse of `stack_variables`)."""
+  out = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    stacked, last = tree.pop("stacks", {}), tree.pop("last_stack")
+    for s in range(num_stacks - 1):
+      for name, sub in stacked.items():
+        tree[_per_stack_name(name, s)] = jax.tree.map(lambda x, s=s: x[s], sub)
+    for name, sub in last.items():
+      tree[_per_stack_name(name, num_stacks - 1)] = sub
+    out[collection] = tree
+  return out
+
+
 class StackedHourglass(nn.Module):
   """Stacked hourglass network.
 
@@ -71,6 +170,9 @@ class StackedHourglass(nn.Module):
     param_dtype: parameter dtype.
     bn_axis_name: BatchNorm's cross-device axis; None = per-device statistics (the pmap
       train step then averages `batch_stats` over devices itself).
+    scan_stacks: `nn.scan` over the stacks (one compiled stack; the scanned parameter
+      layout, see `stack_variables`).
+    remat: recompute each stack's activations in the backward pass (with scan_stacks).
   """
   num_joints: int = 16
   num_stacks: int = 8
@@ -80,6 +182,8 @@ class StackedHourglass(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
+  scan_stacks: bool = False
+  remat: bool = False
 
   output_kind = "heatmap"
   output_stride = 4
@@ -94,6 +198,8 @@ class StackedHourglass(nn.Module):
     if self.num_features % 2:
       raise ValueError(f"num_features must be even (the bottleneck halves it), got "
                        f"{self.num_features}.")
+    if self.remat and not self.scan_stacks:
+      raise ValueError("remat=True recomputes scanned stacks: it needs scan_stacks=True.")
     super().__post_init__()
 
   @property
@@ -136,6 +242,8 @@ class StackedHourglass(nn.Module):
     x = res(128, "stem_res2")(x, train)
     inter = res(self.num_features, "stem_res3")(x, train)
 
+    if self.scan_stacks:
+      return layers.stage_list(self._scanned_stacks(inter, train))
     outputs = []
     for s in range(self.num_stacks):
       y = Hourglass(self.depth, self.num_features, self.num_modules,
@@ -152,3 +260,20 @@ class StackedHourglass(nn.Module):
                  + layers.Conv1x1(self.num_features, name=f"stack_{s}_heat_back",
                                   **kw)(heatmaps))
     return layers.stage_list(outputs)
+
+  def _scanned_stacks(self, inter, train):
+    """Stacks 0..n-2 as one `nn.scan`, then the last; -> list over stacks of heatmaps."""
+    kw = dict(num_joints=self.num_joints, features=self.num_features, depth=self.depth,
+              num_modules=self.num_modules, train=train, dtype=self.dtype,
+              param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name)
+    outputs = []
+    if self.num_stacks > 1:
+      stack = nn.remat(_Stack) if self.remat else _Stack
+      scanned = nn.scan(stack, variable_axes={"params": 0, "batch_stats": 0},
+                        split_rngs={"params": True}, length=self.num_stacks - 1)
+      inter, heatmaps = scanned(name="stacks", **kw)(inter, None)
+      outputs = list(heatmaps)  # (n-1, B, h, w, J) -> n-1 arrays.
+    last = (nn.remat(_Stack) if self.remat else _Stack)(project_back=False,
+                                                        name="last_stack", **kw)
+    outputs.append(last(inter)[1])
+    return outputs

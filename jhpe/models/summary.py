@@ -36,8 +36,12 @@ def abstract_variables(model: nn.Module, input_size) -> Any:
 def flops_per_image(model: nn.Module, input_size, variables: Any = None) -> float:
   """FLOPs of one eval-mode forward pass on one image, from XLA's compiled cost analysis.
 
-  XLA counts a multiply-add as 2 FLOPs. Compiles for the default backend (batch 1).
+  XLA counts a multiply-add as 2 FLOPs. Compiles for the default backend (batch 1). XLA
+  counts a loop's body once, so a model scanned over its stacks is counted as its
+  unrolled twin (the same function; `variables`, if given, must then be left out).
   """
+  if getattr(model, "scan_stacks", False):
+    model, variables = model.clone(scan_stacks=False, remat=False), None
   if variables is None:
     variables = abstract_variables(model, input_size)
   images = jax.ShapeDtypeStruct(_image_shape(input_size), jnp.float32)

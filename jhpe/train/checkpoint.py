@@ -57,9 +57,6 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used here (missing, or of another model/shape)."""
 
 
-# Checksums of saves not yet committed by orbax: {checkpoint folder: {step: checksums}}.
-_PENDING: dict = {}
-
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
@@ -99,8 +96,7 @@ def save(manager: ocp.CheckpointManager, step: int, state_dict: dict,
   """Starts an (async) save of `state_dict` (and the data iterator state) at `step`."""
   write_manifests(manager)  # Waits for the previous save, as orbax's save does anyway.
   if jax.process_index() == 0:
-    _PENDING.setdefault(str(manager.directory), {})[int(step)] = (
-        integrity.array_checksums(state_dict))
+    integrity.remember(str(manager.directory), int(step), state_dict)
   items = {"state": ocp.args.StandardSave(state_dict)}
   if data_iter is not None and hasattr(data_iter, "get_state"):
     import grain  # pylint: disable=g-import-not-at-top
@@ -111,13 +107,7 @@ def save(manager: ocp.CheckpointManager, step: int, state_dict: dict,
 def write_manifests(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight, then writes the checksums of the committed steps."""
   manager.wait_until_finished()
-  pending = _PENDING.get(str(manager.directory), {})
-  for step in list(pending):
-    step_dir = os.path.join(str(manager.directory), str(step))
-    if os.path.exists(os.path.join(step_dir, COMMIT_MARKER)):
-      integrity.write_manifest(step_dir, pending.pop(step))
-    elif not os.path.isdir(step_dir):
-      pending.pop(step)  # Never committed, or already deleted by the keep policy.
+  integrity.write_committed(str(manager.directory), COMMIT_MARKER)
 
 
 def _flatten(tree: Any) -> dict:

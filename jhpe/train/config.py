@@ -195,7 +195,7 @@ class Config:
     for key in _COUNT_KWARGS:
       if key in self.model_kwargs:
         positive(key, self.model_kwargs[key])
-    for flag, value in self._float_values():
+    for flag, value in config_checks.float_values(self):
       config_checks.check_float(flag, value)
     if self.schedule == "step" and not self.decay_steps:
       raise ValueError("--schedule=step needs --decay_steps (a comma-separated list of steps).")
@@ -212,21 +212,15 @@ class Config:
       raise ValueError(f"--batch_size={self.batch_size} is not divisible by the "
                        f"{num_processes} processes.")
     scales_flag = f"--test_scales={','.join(map(str, self.test_scales))}"
-    if not self.test_scales or not all(0 < s <= config_checks.MAX_TEST_SCALE for s in self.test_scales):
-      raise ValueError(f"{scales_flag}: expected factors in (0, {config_checks.MAX_TEST_SCALE:g}] (1.0 = "
-                       "the canvas as is).")
+    top = config_checks.MAX_TEST_SCALE
+    if not self.test_scales or not all(0 < s <= top for s in self.test_scales):
+      raise ValueError(f"{scales_flag}: expected factors in (0, {top:g}] (1.0 = as is).")
     # The model's own checks (unknown size, zero stacks, stride vs input size).
     model = build_model(self)
     if tuple(self.test_scales) != (1.0,) and model.output_kind != "heatmap":
       raise ValueError(f"{scales_flag}: multi-scale testing averages heatmaps; "
                        f"--model={self.model} regresses coordinates (use --test_scales=1.0).")
     return self
-
-  def _float_values(self):
-    """(flag, value) of every float field (all must be finite; FLOAT_RANGES bounds)."""
-    for field in dataclasses.fields(self):
-      if field.type is float:
-        yield field.name, getattr(self, field.name)
 
 
 # Not flags: the entry point is the model family, and each family defines its own flags.
@@ -316,8 +310,15 @@ def check_resumable(config: Config, workdir: str) -> None:
   if not os.path.exists(path):
     return
   # Both through the same JSON (lists, not tuples); a foreign config.json is named.
-  saved = json.loads(load_config(workdir).to_json())
+  saved_config = load_config(workdir)
+  saved = json.loads(saved_config.to_json())
   new = json.loads(config.to_json())
+  if saved.get("model") == new["model"]:
+    # A model option added since the workdir was written equals its absence at its default.
+    from jhpe import models  # pylint: disable=g-import-not-at-top
+    defaults = json.loads(json.dumps(models.model_defaults(new["model"]), default=str))
+    saved["model_kwargs"] = {**defaults, **saved["model_kwargs"]}
+    new["model_kwargs"] = {**defaults, **new["model_kwargs"]}
   changed = [f"--{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(new)
              if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
   if changed:
@@ -325,9 +326,8 @@ def check_resumable(config: Config, workdir: str) -> None:
         f"--workdir={workdir} holds a checkpoint of a run with other settings "
         f"({'; '.join(changed)}); resume with the settings of its config.json, or "
         "train in a new --workdir.")
-  if saved["num_train_steps"] != config.num_train_steps:
-    config_checks.check_schedule_resume(Config.from_json(json.dumps(saved)), config,
-                                        workdir)
+  if saved_config.num_train_steps != config.num_train_steps:
+    config_checks.check_schedule_resume(saved_config, config, workdir)
 
 
 def load_config(workdir: str) -> Config:

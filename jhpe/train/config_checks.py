@@ -1,9 +1,10 @@
 """Value checks of `Config.validate` and `check_resumable` that need more than a line.
 
-  check_float            every float flag finite, and within FLOAT_RANGES
+  float_values, check_float  every float flag finite, and within FLOAT_RANGES
   check_schedule_resume  the rule for resuming with another --num_train_steps
 """
 
+import dataclasses
 import logging
 import math
 
@@ -25,6 +26,13 @@ FLOAT_RANGES = {
     "ema_decay": (0.0, 1.0, False, True),             # 0 = off.
 }
 MAX_TEST_SCALE = 4.0  # The canvas resized by more costs (scale^2) memory for nothing.
+
+
+def float_values(config):
+  """(flag, value) of every float field of a Config (all must be finite)."""
+  for field in dataclasses.fields(config):
+    if field.type is float:
+      yield field.name, getattr(config, field.name)
 
 
 def check_float(flag: str, value) -> None:

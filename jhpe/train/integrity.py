@@ -52,6 +52,26 @@ def write_manifest(step_dir: str, checksums: dict) -> str:
   return files.write_json(os.path.join(step_dir, MANIFEST), checksums, indent=None)
 
 
+# Checksums of saves orbax has not committed yet: {checkpoint folder: {step: checksums}}.
+_PENDING: dict = {}
+
+
+def remember(root: str, step: int, state_dict: Any) -> None:
+  """Records the checksums of a save starting now (written once orbax commits it)."""
+  _PENDING.setdefault(root, {})[step] = array_checksums(state_dict)
+
+
+def write_committed(root: str, commit_marker: str) -> None:
+  """Writes the manifest of every remembered step of `root` that orbax has committed."""
+  pending = _PENDING.get(root, {})
+  for step in list(pending):
+    step_dir = os.path.join(root, str(step))
+    if os.path.exists(os.path.join(step_dir, commit_marker)):
+      write_manifest(step_dir, pending.pop(step))
+    elif not os.path.isdir(step_dir):
+      pending.pop(step)  # Never committed, or already deleted by the keep policy.
+
+
 def read_manifest(step_dir: str) -> Optional[dict]:
   """The step's recorded checksums; None when it has none (an unreadable one is damage)."""
   path = os.path.join(step_dir, MANIFEST)

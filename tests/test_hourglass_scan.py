@@ -1,0 +1,112 @@
+"""The scanned hourglass (`scan_stacks=True`): the same function as the per-stack model,
+parameters convertible both ways, remat changing nothing but memory, and workdirs written
+before the option existed still resuming."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jhpe import losses
+from jhpe import models
+from jhpe.models import hourglass as hg
+from jhpe.models import summary
+from jhpe.train import config as config_lib
+
+KW = dict(num_joints=3, num_stacks=3, num_features=8, depth=1)
+
+
+@pytest.fixture(scope='module')
+def per_stack():
+  model = models.get_model('hourglass', **KW)
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  return model, model.init(jax.random.key(1), images), images
+
+
+def _max_difference(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), a, b)))
+
+
+def test_the_scanned_layout_is_what_the_scanned_model_initialises(per_stack):
+  _, variables, images = per_stack
+  scanned = models.get_model('hourglass', **KW, scan_stacks=True)
+  own = scanned.init(jax.random.key(1), images)
+  converted = hg.stack_variables(variables, KW['num_stacks'])
+  assert jax.tree.structure(own) == jax.tree.structure(converted)
+  assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, converted)
+  # Stacks 0 and 1 under one leading axis; the last one apart, without back-projections.
+  assert {x.shape[0] for x in jax.tree.leaves(converted['params']['stacks'])} == {
+      KW['num_stacks'] - 1}
+  assert 'feat_back' not in converted['params']['last_stack']
+
+
+def test_conversion_round_trips_exactly(per_stack):
+  _, variables, _ = per_stack
+  back = hg.unstack_variables(hg.stack_variables(variables, 3), 3)
+  assert jax.tree.structure(back) == jax.tree.structure(variables)
+  assert _max_difference(back, variables) == 0.0
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_scanned_and_per_stack_models_agree_in_loss_and_gradients(per_stack, remat):
+  model, variables, images = per_stack
+  scanned = models.get_model('hourglass', **KW, scan_stacks=True, remat=remat)
+  targets = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
+  weights = jnp.ones((2, 3))
+
+  def loss_and_stats(m, params, batch_stats):
+    outputs, new = m.apply({'params': params, 'batch_stats': batch_stats}, images,
+                           train=True, mutable=['batch_stats'])
+    total, _ = losses.heatmap_loss(outputs, targets, weights)  # (total, per stage)
+    return total, new['batch_stats']
+
+  def grads(m, v):
+    return jax.jit(jax.value_and_grad(lambda p: loss_and_stats(m, p, v['batch_stats']),
+                                      has_aux=True))(v['params'])
+
+  (loss_a, stats_a), grad_a = grads(model, variables)
+  converted = hg.stack_variables(variables, 3)
+  (loss_b, stats_b), grad_b = grads(scanned, converted)
+  assert abs(float(loss_a) - float(loss_b)) <= 1e-5 * max(1.0, abs(float(loss_a)))
+  grad_b = hg.unstack_variables({'params': grad_b}, 3)['params']
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad_a))
+  assert _max_difference(grad_a, grad_b) <= 1e-4 * scale
+  stats_b = hg.unstack_variables({'batch_stats': stats_b}, 3)['batch_stats']
+  assert _max_difference(stats_a, stats_b) <= 1e-5
+  # Eval mode: the same heatmaps stack by stack.
+  out_a = model.apply(variables, images)
+  out_b = scanned.apply(converted, images)
+  assert len(out_a) == len(out_b) == 3
+  for a, b in zip(out_a, out_b):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_remat_needs_scan():
+  with pytest.raises(ValueError, match='scan_stacks'):
+    models.get_model('hourglass', **KW, remat=True)
+
+
+def test_a_workdir_from_before_the_option_resumes(tmp_path):
+  """config.json written without `scan_stacks`/`remat` equals them at their defaults; a
+  change of layout is still refused."""
+  config = config_lib.Config(model='hourglass', model_kwargs=dict(num_stacks=2),
+                             dataset='synthetic')
+  config_lib.save_config(config, str(tmp_path))
+  now = config_lib.Config(model='hourglass', dataset='synthetic',
+                          model_kwargs=dict(num_stacks=2, scan_stacks=False, remat=False))
+  config_lib.check_resumable(now, str(tmp_path))  # No error.
+  scanned = config_lib.Config(model='hourglass', dataset='synthetic',
+                              model_kwargs=dict(num_stacks=2, scan_stacks=True))
+  with pytest.raises(ValueError, match='model_kwargs'):
+    config_lib.check_resumable(scanned, str(tmp_path))
+  assert 'scan_stacks' not in json.loads((tmp_path / 'config.json').read_text())[
+      'model_kwargs']
+
+
+def test_the_summary_counts_every_scanned_stack():
+  """XLA counts a loop body once; the summary counts the scanned model as its twin."""
+  per_stack = summary.flops_per_image(models.get_model('hourglass', **KW), 32)
+  scanned = summary.flops_per_image(models.get_model('hourglass', **KW, scan_stacks=True), 32)
+  assert scanned == per_stack
