@@ -6,7 +6,7 @@ line naming a drawn flag, raised before anything is built; a set it accepts trai
 steps of a tiny hourglass with a finite loss. Validation is cheap, so it sees many
 examples; training compiles per set of values (they are constants of the jitted step), so
 two: every flag at the top of its range, and one drawn set, on an 8-feature, one-stack
-model at 32 px (compiling dominates: 110 s for both on a shared, loaded machine).
+model at 32 px (compiling dominates: 60-110 s for both on the shared 2-core machine; marked slow).
 """
 
 import math
