@@ -10,7 +10,7 @@ r"""Evaluates a training workdir's checkpoint on any dataset split.
 
 Writes `<workdir>/eval/<dataset>_<split>.json` (metrics: mean and per joint, the step, the
 checkpoint used) and `<workdir>/eval/<dataset>_<split>_predictions.json`, draws the eval
-figures, and prints the evaluation table. The model, input size, decoding and flip test
+figures (`--eval_dir=DIR`: all under DIR instead, for a read-only workdir), and prints the evaluation table. The model, input size, decoding and flip test
 are the workdir's (config.json); --dataset and --split default to its evaluation split.
 --decode, --flip_test and --test_scales evaluate a variant: its files get a suffix naming
 what changed (`lsp_test_taylor_noflip.json`, `lsp_test_scales0.8-1-1.2.json`), so the
@@ -21,7 +21,8 @@ SIGTERM or Ctrl-C stops the evaluation between two batches, before anything is w
 at once.
 
 Bad input (no checkpoint, an unknown dataset or split, a dataset whose skeleton is not
-the model's) is one line on stderr naming it, exit status 2, before anything is written:
+the model's, a workdir it cannot write to without --eval_dir) is one line on stderr
+naming it, exit status 2, before anything is written or evaluated:
 the workdir's existing files are left as they are.
 """
 
@@ -54,6 +55,8 @@ flags.DEFINE_float("oks_nms_threshold", 0.9, "OKS AP datasets: OKS-NMS of each i
                    "poses at this OKS (1 = off), as the top-down papers.")
 flags.DEFINE_bool("validate_only", False, "Check the flags and exit (status 0, or 2 with "
                   "one line naming a bad one): launch.sh checks a sweep this way.")
+flags.DEFINE_string("eval_dir", "", "Where eval/ and figures/ go ('' = the workdir; "
+                    "another folder for a read-only workdir).")
 # Config fields this evaluation may change; unset, each keeps the workdir's value. Their
 # help and choices are the fields' (jhpe/train/config.py).
 _OVERRIDES = ("data_dir", "manual_dir", "eval_batch_size", "decode", "flip_test",
@@ -113,7 +116,8 @@ def main(argv: Sequence[str]) -> None:
           split=FLAGS.split or None, num_examples=FLAGS.num_examples,
           overrides=overrides, figures=FLAGS.figures, person_boxes=FLAGS.person_boxes,
           box_score_threshold=FLAGS.box_score_threshold,
-          oks_nms_threshold=FLAGS.oks_nms_threshold, should_stop=stop, progress=shown)
+          oks_nms_threshold=FLAGS.oks_nms_threshold, should_stop=stop, progress=shown,
+          out_dir=FLAGS.eval_dir or None)
   except (ValueError, FileNotFoundError, ImportError) as e:
     # CheckpointError is a ValueError; FileNotFoundError: dataset files (COCO images);
     # ImportError: pycocotools for OKS AP (`pip install -e ".[coco]"`).

@@ -3,12 +3,18 @@
 Every file jhpe writes for a reader (config.json, eval JSON, predictions, metrics.jsonl
 rewrites, exported models) goes through `write_atomic`: the data goes to a temporary file
 in the same folder, which is renamed over the target (a rename within one file system is
-atomic on POSIX), so a reader sees the old file or the new one, never a mix.
+atomic on POSIX), so a reader sees the old file or the new one, never a mix. The
+temporary name is fresh (mkstemp, O_EXCL) and the rename replaces a symbolic link rather
+than writing through it; the files opened in place (the workdir's .lock, metrics.jsonl)
+go through `open_no_follow`, so a link planted in a workdir never redirects a write.
 """
 
+import errno
 import json
 import os
 import tempfile
+
+_NO_FOLLOW_MODES = {'a': os.O_WRONLY | os.O_APPEND, 'a+': os.O_RDWR}
 
 
 def write_atomic(path, data):
@@ -32,3 +38,16 @@ def write_atomic(path, data):
 def write_json(path, data, indent=1):
   """`write_atomic` of `data` as JSON (indent None: one line)."""
   return write_atomic(path, json.dumps(data, indent=indent))
+
+
+def open_no_follow(path, mode='a'):
+  """Opens `path` to append ('a') or to read and write ('a+', not truncating), creating it,
+  without following a symbolic link (O_NOFOLLOW): a link there is a ValueError naming it."""
+  try:
+    fd = os.open(path, _NO_FOLLOW_MODES[mode] | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise ValueError(f'{path} is a symbolic link; jhpe does not write through links '
+                       'inside a workdir: remove it.') from None
+    raise
+  return os.fdopen(fd, 'a' if mode == 'a' else 'r+')

@@ -215,12 +215,14 @@ def _main(argv):
     images, videos = expand_inputs(inputs)
     if not images and not videos:
       raise ValueError(f'no image or video found in {inputs}.')
+    output = f.output or (os.path.join(f.workdir, 'predict') if f.workdir else 'predict')
+    if os.path.exists(output) and not os.path.isdir(output):  # Before loading the model.
+      raise ValueError(f'--output={output} is a file, not a folder.')
     which = int(f.which) if f.which.isdigit() else f.which
     scales = None if f.test_scales is None else [float(s) for s in f.test_scales]
     model = f.workdir or f.model
     predictor = load(model, which=which, flip_test=f.flip_test, decode=f.decode,
                      test_scales=scales)
-    output = f.output or (os.path.join(f.workdir, 'predict') if f.workdir else 'predict')
     if f.box and f.boxes:
       raise ValueError('give --box (one person box for every image) or --boxes=FILE, not '
                        'both.')

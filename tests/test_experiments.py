@@ -230,3 +230,24 @@ def test_evaluate_without_a_checkpoint_is_one_line(tmp_path, eval_workdir):
   assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
   assert "no checkpoint" in errors[0] and str(workdir) in errors[0]
   assert not (workdir / "eval").exists()
+
+
+def test_evaluate_writes_to_eval_dir(tmp_path, eval_workdir):
+  """An unwritable workdir (here its eval/ is a file; as root, chmod would not stop a
+  write) is one line suggesting --eval_dir, before evaluating; with it the files go there."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(eval_workdir, workdir, ignore=shutil.ignore_patterns("eval", "figures"))
+  (workdir / "eval").write_text("not a folder")
+  proc = _run("experiments.evaluate", f"--workdir={workdir}", "--split=test",
+              "--num_examples=8", "--nofigures")
+  errors = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+  assert "--eval_dir" in errors[0] and str(workdir / "eval") in errors[0]
+  out = tmp_path / "out"
+  proc = _run("experiments.evaluate", f"--workdir={workdir}", "--split=test",
+              "--num_examples=8", "--nofigures", f"--eval_dir={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / "eval" / "synthetic_tiny_test.json") as f:
+    assert json.load(f)["num_examples"] == 8
+  assert (workdir / "eval").read_text() == "not a folder"

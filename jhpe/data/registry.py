@@ -66,6 +66,10 @@ def prepare(name, data_dir=None, manual_dir=None, skip_bad_examples=False,
     builder = get_builder(name, data_dir, **builder_kwargs)
     if builder.is_prepared():
       return builder
+  from jhpe.data import preflight  # pylint: disable=g-import-not-at-top
+  missing = preflight.missing_input(name, manual_dir)
+  if missing:  # One line now, not a download attempt (and its retries) in the builder.
+    raise ValueError(missing)
   lock = os.path.join(data_dir, f'.{file_safe(name)}.lock')
   with _lock(lock), _quiet_tfds():
     builder = get_builder(name, data_dir, **builder_kwargs)

@@ -16,7 +16,9 @@ On-disk layout (orbax-checkpoint 0.12):
         metrics/              the validation metrics of that step when evaluated
                               ({'pck': ...}; used to keep the best checkpoint)
         _CHECKPOINT_METADATA  written last, by orbax's commit
+        CHECKSUMS.json        CRC-32 of every array, written once committed (integrity.py)
       <step>.orbax-checkpoint-tmp-<n>/   a save in progress (ignored on restore)
+      <step>.incomplete/, <step>.damaged/  set aside: never restored
 
 Restoring the parameters in research code with orbax alone:
 
@@ -34,6 +36,7 @@ checkpoint stays intact. The manager keeps the `keep_checkpoints` latest checkpo
 the best one by validation PCK.
 """
 
+import logging
 import os
 import re
 import shutil
@@ -44,12 +47,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from jhpe.train import integrity
+
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "pck"
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used here (missing, or of another model/shape)."""
+
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -88,6 +94,9 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
 def save(manager: ocp.CheckpointManager, step: int, state_dict: dict,
          data_iter: Any = None, metrics: Optional[dict] = None, force: bool = True) -> bool:
   """Starts an (async) save of `state_dict` (and the data iterator state) at `step`."""
+  write_manifests(manager)  # Waits for the previous save, as orbax's save does anyway.
+  if jax.process_index() == 0:
+    integrity.remember(str(manager.directory), int(step), state_dict)
   items = {"state": ocp.args.StandardSave(state_dict)}
   if data_iter is not None and hasattr(data_iter, "get_state"):
     import grain  # pylint: disable=g-import-not-at-top
@@ -95,21 +104,15 @@ def save(manager: ocp.CheckpointManager, step: int, state_dict: dict,
   return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
-def _describe_mismatch(path: str, target: Any, error: Exception) -> str:
-  return (f"checkpoint {path} does not fit this model/config (another model, size or "
-          f"number of joints?): {str(error).splitlines()[0][:300]}")
-
-
-def _key_name(entry) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
+def write_manifests(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight, then writes the checksums of the committed steps."""
+  manager.wait_until_finished()
+  integrity.write_committed(str(manager.directory), COMMIT_MARKER)
 
 
 def _flatten(tree: Any) -> dict:
   # Orbax's metadata turns namedtuples (optax states) into dicts: compare by names only.
-  return {"/".join(_key_name(e) for e in path): leaf
+  return {"/".join(integrity.key_name(e) for e in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -138,23 +141,67 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state_dict: dict
   """Restores the state dict at `step` into the shapes of `abstract_state_dict`.
 
   Raises CheckpointError naming the path and the first mismatching array when the
-  checkpoint is of another model or shape. Restores `data_iter` in place when given.
+  checkpoint is of another model or shape, or names the missing data-iterator file;
+  integrity.DamagedCheckpointError (saying what) when its files are missing, truncated or
+  do not match their checksums. Restores `data_iter` in place when given.
   """
   path = os.path.join(str(manager.directory), str(step))
-  saved = manager.item_metadata(step)["state"]
+  why = integrity.structure_damage(path)
+  if why:
+    raise integrity.DamagedCheckpointError(why)
+  try:
+    saved = manager.item_metadata(step)["state"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise integrity.DamagedCheckpointError(
+        f"its metadata is unreadable: {str(e).splitlines()[0][:200]}") from None
   if saved is None:
-    raise CheckpointError(f"checkpoint {path} has no 'state' item.")
+    raise integrity.DamagedCheckpointError("its state/ metadata is missing")
   _check_shapes(path, saved, abstract_state_dict)
   items = {"state": ocp.args.StandardRestore(abstract_state_dict)}
   if data_iter is not None and hasattr(data_iter, "set_state"):
     import grain  # pylint: disable=g-import-not-at-top
-    if os.path.isdir(os.path.join(path, "data_iter")):
+    iter_dir = os.path.join(path, "data_iter")
+    if os.path.isdir(iter_dir):
+      own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      if not os.path.exists(os.path.join(iter_dir, own)):
+        raise CheckpointError(
+            f"checkpoint {path} has no data-iterator state for this process "
+            f"(data_iter/{own}; it holds {sorted(os.listdir(iter_dir))}): it was saved "
+            "by a run with another number of processes, or the file was removed. Resume "
+            "with the process count that saved it, or train in a new --workdir.")
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(_describe_mismatch(path, abstract_state_dict, e)) from None
-  return restored["state"]
+    restored = manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  except Exception as e:  # pylint: disable=broad-except
+    # The shapes fit (checked above): a failing read is a damaged file (TensorStore's
+    # OUT_OF_RANGE for a truncated one, a decode error for a corrupt one...).
+    raise integrity.DamagedCheckpointError(
+        f"reading it failed: {str(e).splitlines()[0][:200]}") from None
+  why = integrity.mismatch(path, restored)
+  if why:
+    raise integrity.DamagedCheckpointError(why)
+  return restored
+
+
+def restore_newest_good(manager: ocp.CheckpointManager, abstract_state_dict: dict,
+                        data_iter: Any = None) -> tuple[Optional[dict], Optional[int]]:
+  """Restores the newest finished checkpoint that is sound: (state dict, step).
+
+  A damaged one is set aside as `<step>.damaged` (one warning line naming what is
+  damaged and the step used instead) and the previous one tried; (None, None) when no
+  sound checkpoint is left (the run starts over).
+  """
+  steps = sorted(complete_steps(manager), reverse=True)
+  for k, step in enumerate(steps):
+    try:
+      return restore(manager, step, abstract_state_dict, data_iter), step
+    except integrity.DamagedCheckpointError as e:
+      fallback = steps[k + 1] if k + 1 < len(steps) else None
+      if jax.process_index() == 0:
+        integrity.set_aside(os.path.join(str(manager.directory), str(step)), str(e),
+                            fallback)
+      manager.reload()
+  return None, None
 
 
 COMMIT_MARKER = "_CHECKPOINT_METADATA"  # Written by orbax when a step is finalised.
@@ -245,14 +292,22 @@ def restore_variables(workdir: str, which: Union[str, int] = "latest",
   mngr = make_manager(workdir, read_only=True, async_save=False)
   try:
     step = _resolve_step(mngr, workdir, which)
-    restored = mngr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    older = [s for s in complete_steps(mngr) if s < step]
   finally:
     mngr.close()
-  params = restored["params"]
-  if use_ema and restored.get("ema_params") is not None:
-    params = restored["ema_params"]
-  return {"params": params, "batch_stats": restored.get("batch_stats", {})}, int(step)
+  while True:
+    try:
+      variables = integrity.read_variables(
+          os.path.join(checkpoint_dir(workdir), str(step)), use_ema)
+      return variables, int(step)
+    except integrity.DamagedCheckpointError as e:
+      fallback = older.pop() if older else None
+      if which not in ("latest", "best") or fallback is None:
+        hint = f"; pass which={fallback} (--which={fallback})" if fallback else ""
+        raise CheckpointError(f"checkpoint {step} in {checkpoint_dir(workdir)} is damaged "
+                              f"({e}){hint}.") from None
+      logging.warning("checkpoint %s is damaged (%s); using %s.", step, e, fallback)
+      step = fallback
 
 
 def check_variables(path: str, variables: dict, abstract_variables: dict) -> None:

@@ -16,6 +16,8 @@ import os
 import typing
 from typing import Any, Optional
 
+from jhpe.train import config_checks
+
 CONFIG_FILENAME = "config.json"
 
 MODELS = ("hourglass", "cpm", "deeppose")
@@ -138,6 +140,9 @@ class Config:
   def from_json(cls, text: str, source: str = "config") -> "Config":
     """Parses `to_json` output; unknown keys are an error naming them and `source`."""
     data = json.loads(text)
+    if not isinstance(data, dict):
+      raise ValueError(f"{source}: expected a JSON object of settings, got "
+                       f"{type(data).__name__}.")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -190,14 +195,8 @@ class Config:
     for key in _COUNT_KWARGS:
       if key in self.model_kwargs:
         positive(key, self.model_kwargs[key])
-    if not self.learning_rate > 0:
-      raise ValueError(f"--learning_rate={self.learning_rate!r}: expected > 0.")
-    if not self.sigma > 0:
-      raise ValueError(f"--sigma={self.sigma!r}: expected > 0 (heatmap pixels).")
-    if not 0.0 <= self.ema_decay < 1.0:
-      raise ValueError(f"--ema_decay={self.ema_decay!r}: expected 0 (off) or in (0, 1).")
-    if self.grad_clip < 0 or self.weight_decay < 0:
-      raise ValueError("--grad_clip and --weight_decay must be >= 0 (0 = off).")
+    for flag, value in config_checks.float_values(self):
+      config_checks.check_float(flag, value)
     if self.schedule == "step" and not self.decay_steps:
       raise ValueError("--schedule=step needs --decay_steps (a comma-separated list of steps).")
     if self.warmup_steps >= self.num_train_steps and self.warmup_steps:
@@ -213,8 +212,9 @@ class Config:
       raise ValueError(f"--batch_size={self.batch_size} is not divisible by the "
                        f"{num_processes} processes.")
     scales_flag = f"--test_scales={','.join(map(str, self.test_scales))}"
-    if not self.test_scales or not all(s > 0 for s in self.test_scales):
-      raise ValueError(f"{scales_flag}: expected factors > 0 (1.0 = the canvas as is).")
+    top = config_checks.MAX_TEST_SCALE
+    if not self.test_scales or not all(0 < s <= top for s in self.test_scales):
+      raise ValueError(f"{scales_flag}: expected factors in (0, {top:g}] (1.0 = as is).")
     # The model's own checks (unknown size, zero stacks, stride vs input size).
     model = build_model(self)
     if tuple(self.test_scales) != (1.0,) and model.output_kind != "heatmap":
@@ -295,7 +295,9 @@ def save_config(config: Config, workdir: str) -> str:
 RESUMABLE_CHANGES = frozenset((
     "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "async_checkpoints", "num_workers", "data_dir", "manual_dir", "eval_batch_size",
-    "num_eval_examples", "nan_policy", "skip_bad_examples", "parallel"))
+    "num_eval_examples", "nan_policy", "skip_bad_examples", "parallel",
+    # Evaluation only: nothing trained depends on them (a typo here must be fixable).
+    "eval_split", "test_scales", "flip_test", "decode"))
 
 
 def check_resumable(config: Config, workdir: str) -> None:
@@ -308,7 +310,8 @@ def check_resumable(config: Config, workdir: str) -> None:
   if not os.path.exists(path):
     return
   # Both through the same JSON (lists, not tuples); a foreign config.json is named.
-  saved = json.loads(load_config(workdir).to_json())
+  saved_config = load_config(workdir)
+  saved = json.loads(saved_config.to_json())
   new = json.loads(config.to_json())
   if saved.get("model") == new["model"]:
     # A model option added since the workdir was written equals its absence at its default.
@@ -323,6 +326,8 @@ def check_resumable(config: Config, workdir: str) -> None:
         f"--workdir={workdir} holds a checkpoint of a run with other settings "
         f"({'; '.join(changed)}); resume with the settings of its config.json, or "
         "train in a new --workdir.")
+  if saved_config.num_train_steps != config.num_train_steps:
+    config_checks.check_schedule_resume(saved_config, config, workdir)
 
 
 def load_config(workdir: str) -> Config:
@@ -330,8 +335,15 @@ def load_config(workdir: str) -> Config:
   path = os.path.join(workdir, CONFIG_FILENAME)
   if not os.path.exists(path):
     raise ValueError(f"{path} does not exist: {workdir} is not a jhpe training workdir.")
-  with open(path) as f:
-    return Config.from_json(f.read(), source=path)
+  try:
+    with open(path, "rb") as f:
+      return Config.from_json(f.read().decode("utf-8"), source=path)
+  except (OSError, ValueError, TypeError, AttributeError) as e:
+    if str(e).startswith(path):
+      raise
+    # A truncated, binary or hand-edited file: name it, not a JSON parser's position.
+    raise ValueError(f"{path} is not a readable jhpe config ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:120] if str(e) else e!r}).") from None
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -302,11 +302,13 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
                      person_boxes: Optional[str] = None, box_score_threshold: float = 0.0,
                      oks_nms_threshold: float = 0.9,
                      should_stop: Optional[Callable[[], bool]] = None,
-                     progress: Optional[Callable[[int, int], None]] = None) -> dict:
+                     progress: Optional[Callable[[int, int], None]] = None,
+                     out_dir: Optional[str] = None) -> dict:
   """Evaluates a workdir's checkpoint ('latest', 'best' or a step) on any dataset split.
 
-  Writes eval/<dataset>_<split>.json and the predictions file; returns the results
-  (`results['files']`: the paths written). `should_stop` is polled between batches:
+  Writes <out_dir>/eval/<dataset>_<split>.json and the predictions file (and figures/);
+  `out_dir` defaults to the workdir (another folder for a read-only workdir). Returns the
+  results (`results['files']`: the paths written). `should_stop` is polled between batches:
   True raises `Preempted` before anything is written. OKS AP datasets (COCO):
   `person_boxes`, a COCO results file of detected person boxes (those scored >=
   `box_score_threshold`), replaces the ground-truth boxes (files tagged
@@ -336,11 +338,17 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   overrides = {**(overrides or {}), "dataset": dataset, "eval_split": split}
   config.replace(**overrides).validate(num_devices=jax.device_count(),
                                        num_processes=jax.process_count())
+  from jhpe.data import preflight  # pylint: disable=g-import-not-at-top
+  preflight.check_split(dataset, split, data_dir=config.data_dir or None,
+                        manual_dir=config.manual_dir or None)
   from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
   evaluator, loader = coco_eval.evaluator_and_loader(
       config.replace(**overrides), target, person_boxes, box_score_threshold,
       oks_nms_threshold)
   config, model, variables, step = ckpt.load_model(workdir, which, overrides)
+  out_dir = out_dir or workdir
+  if jax.process_index() == 0:
+    check_writable(out_dir)
   path = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
   results, predictions, figure_inputs = evaluate(
       variables, model, config, dataset=dataset, split=split, num_examples=num_examples,
@@ -361,7 +369,23 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
   if variant:
     results["variant"] = variant
   if jax.process_index() == 0:
-    paths = write_eval_files(workdir, results, predictions)
-    drawn = save_figures(workdir, results, figure_inputs)
+    paths = write_eval_files(out_dir, results, predictions)
+    drawn = save_figures(out_dir, results, figure_inputs)
     results = {**results, "files": [*paths, *drawn.values()]}
   return results
+
+
+def check_writable(out_dir: str) -> None:
+  """Raises ValueError (one line) unless <out_dir>/eval could be written; creates nothing.
+
+  Asked before the evaluation runs: a read-only workdir (access(2) answers EROFS even to
+  root) would otherwise fail at the end, with the work lost.
+  """
+  target = os.path.join(os.path.abspath(out_dir), "eval")
+  existing = target
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+    raise ValueError(f"cannot write the evaluation files to {target} ({existing} is not a "
+                     "writable folder); pass --eval_dir=a writable folder to write them "
+                     "there.")

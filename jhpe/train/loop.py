@@ -178,6 +178,10 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
   config_lib.check_workdir(workdir)
   if ckpt.latest_step(workdir) is not None:
     config_lib.check_resumable(config, workdir)
+  if train_loader is None or eval_loader is None:
+    # Both splits there (built or buildable) before training, not at the first evaluation.
+    from jhpe.data import preflight  # pylint: disable=g-import-not-at-top
+    preflight.check_config(config)
   chief = jax.process_index() == 0
   lock = WorkdirLock(workdir) if chief else contextlib.nullcontext()
   with lock, PreemptionFlag() as preempt:
@@ -195,7 +199,7 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
     try:
       return _train(runner)
     finally:
-      runner.manager.wait_until_finished()
+      ckpt.write_manifests(runner.manager)  # Waits for the last save.
       runner.manager.close()
       runner.writer.close()
 
@@ -206,9 +210,8 @@ def _train(r: _Runner) -> dict:
   state = state_lib.create_train_state(rng, r.model, config)
   loader = r.train_loader or make_train_loader(config)
   data_iter = iter(loader)
-  start = ckpt.latest_complete_step(r.manager)
+  restored, start = ckpt.restore_newest_good(r.manager, state.to_dict(), data_iter)
   if start is not None:
-    restored = ckpt.restore(r.manager, start, state.to_dict(), data_iter)
     state = state_lib.TrainState.from_dict(restored)
     logging.info("Resumed from step %d.", start)
     if r.chief:

@@ -49,7 +49,7 @@ class WorkdirLock:
     self._file = None
 
   def acquire(self) -> "WorkdirLock":
-    f = open(self.path, "a+")
+    f = files.open_no_follow(self.path, "a+")
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -200,7 +200,7 @@ class MetricWriter:
   def write(self, step: int, record: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
+    with files.open_no_follow(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **record}) + "\n")
     if self._tb is not None:
       for k, v in record.items():

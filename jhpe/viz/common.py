@@ -1,12 +1,15 @@
 """What every figure shares: the colours, the figure and image helpers, skeleton drawing
 and its legend, and the one way joint names are written (`joint_label`)."""
 
+import io
 import os
 
 from matplotlib import figure as mpl_figure
 from matplotlib import lines as mpl_lines
 from matplotlib import patches as mpl_patches
 import numpy as np
+
+from jhpe import files
 
 LEFT_COLOR = (0.0, 0.45, 1.0)  # Blue.
 RIGHT_COLOR = (1.0, 0.3, 0.0)  # Orange-red.
@@ -35,8 +38,10 @@ def _new_figure(ncols, nrows=1, panel_inches=2.5):
 
 def _maybe_save(fig, path, dpi=100):
   if path is not None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    # Rendered in memory, then written atomically: never through a link at `path`.
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=os.path.splitext(path)[1][1:].lower() or 'png')
+    files.write_atomic(path, buf.getvalue())
   return fig
 
 
@@ -145,7 +150,7 @@ def _figure_legend(fig, handles, fontsize=8):
 
 
 def plot_skeleton(image, joints, skeleton, visible=None, *, title=None, path=None,
-                  min_inches=4.0, label='prediction', boxes=None):
+                  min_inches=4.0, max_inches=40.0, label='prediction', boxes=None):
   """One image with the skeleton drawn over it (the predict CLI's overlay).
 
   Args:
@@ -158,6 +163,8 @@ def plot_skeleton(image, joints, skeleton, visible=None, *, title=None, path=Non
     path: where to write the PNG, if given.
     min_inches: the shorter side of the figure; small images (LSP's are ~150 px) are
       enlarged so the limbs stay readable.
+    max_inches: the longer side at most (4000 px at 100 dpi): a 1x5000 image enlarged to
+      `min_inches` would need a canvas of GiBs.
     label: what the skeleton is, first entry of the legend; None leaves it out. The legend
       (under the image, so it hides nothing) also names the sides drawn.
 
@@ -165,12 +172,12 @@ def plot_skeleton(image, joints, skeleton, visible=None, *, title=None, path=Non
     The Figure.
   """
   h, w = np.asarray(image).shape[:2]
-  zoom = min_inches / min(h, w)
+  zoom = min(min_inches / min(h, w), max_inches / max(h, w))
   shown = _shown_mask(visible, skeleton.num_joints)
   colors = {limb_color(skeleton, l) for l in _visible_limbs(skeleton, shown)}
   handles = ([_pred_handle(label)] if label and colors else []) + _side_handles(colors)
   strip = 0.45 if handles else 0.0  # Inches under the image for the legend.
-  fig = mpl_figure.Figure(figsize=(w * zoom, h * zoom + strip))
+  fig = mpl_figure.Figure(figsize=(max(w * zoom, 0.1), max(h * zoom + strip, 0.1)))
   ax = fig.add_axes((0, strip / (h * zoom + strip), 1, h * zoom / (h * zoom + strip)))
   _show_image(ax, image)
   for person in np.asarray(joints).reshape(-1, skeleton.num_joints, 2):

@@ -228,7 +228,7 @@ class CocoKeypoints(common.PoseBuilder):
         if image is None:
           raise common.BadExampleError(f'{where}: unknown image_id {ann["image_id"]}.')
         joints, visible, bbox, area = parse_instance(ann, where, num_joints)
-        data, path = reader.read(image['file_name'])
+        data, path = reader.read(common.confined_name(image['file_name'], where))
         where = f'{path} ({where})'
         size = common.image_size(data, where)
         common.check_example(joints, visible, size, where)

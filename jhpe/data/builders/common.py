@@ -127,6 +127,21 @@ def check_example(joints, visible, size, where, tolerance=OUTSIDE_TOLERANCE_PX):
         f'the {w}x{h} image.')
 
 
+def confined_name(name, where):
+  """An image name read from an annotation file, checked to stay inside its image folder.
+
+  The name is joined to the folder (or the archive's): an absolute name, a `..`
+  component or a NUL would read a file outside it. Raises BadExampleError naming it.
+  """
+  name = str(name)
+  parts = name.replace('\\', '/').split('/')
+  if not name or '\x00' in name or os.path.isabs(name) or name.startswith(('/', '\\')) \
+      or '..' in parts or (len(name) > 1 and name[1] == ':'):
+    raise BadExampleError(f'{where}: image name {name!r} is not a relative path inside '
+                          'the image folder (absolute, or with a .. component).')
+  return name
+
+
 class SkipCounter:
   """Raises bad examples, or logs and counts them when `skip` is set."""
 

@@ -150,7 +150,7 @@ class Mpii(common.PoseBuilder):
       where = f'{source} index {i}'
       try:
         name, joints, visible, center, scale = parse_entry(entry, where)
-        path = os.path.join(images, name)
+        path = os.path.join(images, common.confined_name(name, where))
         where = f'{path} ({source} index {i})'
         try:
           with open(path, 'rb') as f:
