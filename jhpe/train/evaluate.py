@@ -3,7 +3,7 @@
 `evaluate(...)` runs the jitted eval step (flip test, decode, back to original pixels)
 over every example of a split and scores it with the dataset's evaluator
 (`jhpe.train.evaluators`: PCK@0.2 or PCKh@0.5, strict PCP, error types, stages, curve).
-`write_eval_files` writes the workdir contract:
+`write_eval_files` (`jhpe.train.eval_files`) writes the workdir contract:
 
   eval/<dataset>_<split>.json              {'dataset', 'split', 'step', 'checkpoint',
                                             'metric', 'mean', 'per_joint', 'pcp',
@@ -12,7 +12,6 @@ over every example of a split and scores it with the dataset's evaluator
                                              'confidence' (J,)}, ...]
 """
 
-import logging
 import math
 import os
 from typing import Any, Callable, Optional
@@ -20,10 +19,16 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from jhpe import files
 from jhpe import inference
 from jhpe import skeletons as skeletons_lib
 from jhpe.train import evaluators
+# What an evaluation writes lives in eval_files; its names stay importable from here.
+from jhpe.train.eval_files import check_writable  # pylint: disable=unused-import
+from jhpe.train.eval_files import dataset_tag  # pylint: disable=unused-import
+from jhpe.train.eval_files import eval_tag  # pylint: disable=unused-import
+from jhpe.train.eval_files import format_table  # pylint: disable=unused-import
+from jhpe.train.eval_files import save_figures
+from jhpe.train.eval_files import write_eval_files
 from jhpe.train import steps as steps_lib
 from jhpe.train.config import Config
 
@@ -32,18 +37,6 @@ NUM_GRID_EXAMPLES = 4  # Best and worst examples kept for the figure.
 
 class Preempted(Exception):
   """Raised inside evaluation when SIGTERM or Ctrl-C asks the run to stop."""
-
-
-def eval_tag(results: dict) -> str:
-  """The file-name tag of an eval result: the dataset and split, plus what a re-evaluation
-  changed from the run's own settings ('lsp_test_taylor', 'lsp_test_noflip')."""
-  return dataset_tag(results["dataset"], results["split"]) + results.get("variant", "")
-
-
-def dataset_tag(dataset: str, split: str) -> str:
-  """'synthetic/tiny', 'test' -> 'synthetic_tiny_test' (a file-name-safe tag)."""
-  from jhpe.data import registry  # pylint: disable=g-import-not-at-top
-  return f"{registry.file_safe(dataset)}_{split}"
 
 
 def skeleton_of(dataset: str) -> skeletons_lib.Skeleton:
@@ -237,65 +230,6 @@ def _figure_inputs(grid, ids, variables, model, config, skeleton, results, evalu
   return inputs
 
 
-def write_eval_files(workdir: str, results: dict, predictions: list) -> tuple[str, str]:
-  """Writes eval/<tag>.json and eval/<tag>_predictions.json (atomically); with OKS AP also
-  eval/<tag>_coco_results.json, the people kept by OKS-NMS in COCO results format."""
-  tag = eval_tag(results)
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  paths = (os.path.join(out_dir, f"{tag}.json"),
-           os.path.join(out_dir, f"{tag}_predictions.json"))
-  files.write_json(paths[0], results)
-  files.write_json(paths[1], predictions, indent=None)
-  if "oks" in results:
-    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
-    coco_eval.write_coco_results(os.path.join(out_dir, f"{tag}_coco_results.json"),
-                                 predictions)
-  return paths
-
-
-def format_table(results: dict) -> str:
-  """The per-joint table printed at the end of a run."""
-  lines = [f"{results['metric']} on {results['dataset']} {results['split']} "
-           f"({results['num_examples']} people, step {results.get('step', '?')}):"]
-  if "oks" in results:
-    from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top
-    lines += coco_eval.table_lines(results)
-  if "per_joint" not in results:
-    return "\n".join(lines)
-  if "per_joint_metric" in results:
-    lines.append(f"  {results['per_joint_metric']}, mean {100 * results['pck']['mean']:.2f}:")
-  width = max(len(k) for k in results["per_joint"])
-  for name, value in results["per_joint"].items():
-    shown = "   n/a" if value is None else f"{100 * value:6.2f}"
-    lines.append(f"  {name:<{width}}  {shown}")
-  if "pcp" in results:
-    lines.append(f"  PCP (strict, mean)  {100 * (results['pcp']['mean'] or 0):6.2f}")
-  if len(results.get("per_stage", ())) > 1:
-    lines.append("  by stage (mean):    " + "  ".join(
-        "n/a" if s["mean"] is None else f"{100 * s['mean']:.2f}"
-        for s in results["per_stage"]))
-  return "\n".join(lines)
-
-
-def save_figures(workdir: str, results: dict, figure_inputs: dict) -> dict:
-  """Draws the eval figures with `jhpe.viz` when it is available; never fails a run."""
-  if not figure_inputs:
-    return {}
-  try:
-    from jhpe import viz  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return {}
-  try:
-    return viz.save_eval_figures(
-        workdir, skeleton_of(results["dataset"]), tag=eval_tag(results),
-        run_name=os.path.basename(os.path.normpath(workdir)), step=results.get("step"),
-        **figure_inputs)
-  except Exception as e:  # pylint: disable=broad-except  # Figures are a by-product.
-    logging.warning("Could not draw the evaluation figures: %s", e)
-    return {}
-
-
 def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[str] = None,
                      split: Optional[str] = None, num_examples: int = 0,
                      overrides: Optional[dict] = None, figures: bool = True,
@@ -373,19 +307,3 @@ def evaluate_workdir(workdir: str, *, which: Any = "latest", dataset: Optional[s
     drawn = save_figures(out_dir, results, figure_inputs)
     results = {**results, "files": [*paths, *drawn.values()]}
   return results
-
-
-def check_writable(out_dir: str) -> None:
-  """Raises ValueError (one line) unless <out_dir>/eval could be written; creates nothing.
-
-  Asked before the evaluation runs: a read-only workdir (access(2) answers EROFS even to
-  root) would otherwise fail at the end, with the work lost.
-  """
-  target = os.path.join(os.path.abspath(out_dir), "eval")
-  existing = target
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
-    raise ValueError(f"cannot write the evaluation files to {target} ({existing} is not a "
-                     "writable folder); pass --eval_dir=a writable folder to write them "
-                     "there.")
