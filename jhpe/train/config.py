@@ -108,6 +108,15 @@ class Config:
   weight_decay: float = _field(0.0, "Weight decay (0 = off).")
   ema_decay: float = _field(0.0, "EMA of the params (0 = off).")
   num_train_steps: int = _field(1000, "Training steps.")
+  # DeepPose's cascade trained as the paper, one stage after another (jhpe.train.cascade).
+  train_stage: int = _field(
+      0, "Cascade stage trained alone (0 = every stage jointly). s >= 2: stage s on "
+      "ground-truth-centred boxes displaced by stage s-1's training-set errors, stages "
+      "< s restored from --init_from and frozen.")
+  init_from: str = _field("", "Workdir of the previous stage (--train_stage >= 2): its "
+                          "latest checkpoint gives the earlier stages.")
+  perturb_examples: int = _field(0, "Training examples on which stage s-1's errors are "
+                                 "measured for --train_stage=s (0 = all).")
   # Bookkeeping.
   log_every: int = _field(50, "Steps between metric records.")
   eval_every: int = _field(0, "Steps between evaluations (0 = end).")
@@ -185,7 +194,7 @@ class Config:
                  "checkpoint_every", "keep_checkpoints"):
       positive(flag, getattr(self, flag))
     for flag in ("eval_batch_size", "num_eval_examples", "eval_every", "warmup_steps",
-                 "num_workers"):
+                 "num_workers", "train_stage", "perturb_examples"):
       positive(flag, getattr(self, flag), zero_ok=True)
     for key in _COUNT_KWARGS:
       if key in self.model_kwargs:
@@ -217,6 +226,14 @@ class Config:
       raise ValueError(f"{scales_flag}: expected factors > 0 (1.0 = the canvas as is).")
     # The model's own checks (unknown size, zero stacks, stride vs input size).
     model = build_model(self)
+    if self.train_stage:
+      stages = getattr(model, "num_stages", 1) if model.output_kind == "regression" else 0
+      if not 1 <= self.train_stage <= stages:
+        raise ValueError(f"--train_stage={self.train_stage}: stage-wise training is for "
+                         f"DeepPose's cascade, stages 1..--num_stages ({stages}).")
+      if self.train_stage >= 2 and not self.init_from:
+        raise ValueError(f"--train_stage={self.train_stage} needs --init_from (the "
+                         "workdir of stage s-1).")
     if tuple(self.test_scales) != (1.0,) and model.output_kind != "heatmap":
       raise ValueError(f"{scales_flag}: multi-scale testing averages heatmaps; "
                        f"--model={self.model} regresses coordinates (use --test_scales=1.0).")
@@ -263,7 +280,11 @@ def build_model(config: Config, **overrides):
   from jhpe import models  # pylint: disable=g-import-not-at-top
   kwargs = dict(config.model_kwargs)
   # The joint count comes from the dataset's skeleton unless the flags say otherwise.
-  kwargs.setdefault("num_joints", skeleton_of(config).num_joints)
+  skeleton = skeleton_of(config)
+  kwargs.setdefault("num_joints", skeleton.num_joints)
+  if "diameter_joints" in models.model_fields(config.model):
+    # DeepPose's diam(y): the skeleton's opposing torso joints (left shoulder, right hip).
+    kwargs.setdefault("diameter_joints", tuple(skeleton.torso_joints))
   kwargs.setdefault("dtype", jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
   kwargs.update(overrides)
   try:

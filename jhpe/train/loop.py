@@ -26,6 +26,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from jhpe.train import cascade
 from jhpe.train import checkpoint as ckpt
 from jhpe.train import config as config_lib
 from jhpe.train import evaluate as eval_lib
@@ -91,7 +92,7 @@ class _Runner:
   """The state of one `train_and_evaluate` call (devices, step function, writers)."""
 
   def __init__(self, config: Config, workdir: str, preempt: PreemptionFlag,
-               train_loader=None, eval_loader=None):
+               train_loader=None, eval_loader=None, stage_training=None):
     self.config = config
     self.workdir = workdir
     self.preempt = preempt
@@ -106,11 +107,12 @@ class _Runner:
                                      async_save=config.async_checkpoints)
     flips = config_lib.skeleton_of(config).flip_permutation
     if self.pmap:
-      self.train_step = steps_lib.make_pmap_train_step(self.model, config,
-                                                       flip_permutation=flips)
+      self.train_step = steps_lib.make_pmap_train_step(
+          self.model, config, flip_permutation=flips, stage_training=stage_training)
     else:
-      self.train_step = steps_lib.make_shard_map_train_step(self.model, config, self.mesh,
-                                                            flip_permutation=flips)
+      self.train_step = steps_lib.make_shard_map_train_step(
+          self.model, config, self.mesh, flip_permutation=flips,
+          stage_training=stage_training)
 
   # Device placement.
   def to_devices(self, state):
@@ -195,7 +197,9 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
       config_lib.save_config(config, workdir)
       for path in ckpt.quarantine_incomplete(workdir):
         logging.warning("Set aside an unfinished checkpoint: %s", path)
-    runner = _Runner(config, workdir, preempt, train_loader, eval_loader)
+    # DeepPose's stage-wise cascade: stage s-1's error statistics (measured once).
+    stage_training = cascade.prepare(config, workdir, write=chief)
+    runner = _Runner(config, workdir, preempt, train_loader, eval_loader, stage_training)
     try:
       return _train(runner)
     finally:
@@ -218,6 +222,8 @@ def _train(r: _Runner) -> dict:
     if r.chief:
       print(f"Resuming from the checkpoint of step {start} in "
             f"{ckpt.checkpoint_dir(workdir)}.", flush=True)
+  else:  # Stage-wise cascade training starts from the previous stage's checkpoint.
+    state = cascade.with_earlier_stages(state, config)
   start = int(start or 0)
   r.writer.truncate_after(start)
   state = r.to_devices(state)
