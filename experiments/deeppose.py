@@ -93,6 +93,8 @@ def main_stagewise(argv) -> None:
     FLAGS.num_train_steps = steps[s - 1]
     FLAGS.init_from = os.path.join(root, f"stage{s - 1}") if s > 1 else ""
     common.main(argv, "deeppose", MODEL_FLAGS)
+    if ckpt.latest_step(workdir) != steps[s - 1]:
+      return  # Preempted: the same command resumes this stage.
 
 
 def main(argv) -> None:
