@@ -27,7 +27,7 @@ TINY = {
     "hourglass": dict(num_joints=4, num_stacks=2, num_features=16, depth=1),
     "cpm": dict(num_joints=4, num_stages=3, width=0.0625),
     "deeppose": dict(num_joints=4, num_stages=2, width=0.0625, fc_features=32,
-                     dropout_rate=0.0),
+                     dropout_rate=0.0, diameter="bbox"),
 }
 SIZE = {"hourglass": 32, "cpm": 64, "deeppose": 64}  # hourglass needs multiples of 8
 

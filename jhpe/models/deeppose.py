@@ -6,18 +6,24 @@ C(13x13x256)-P-F(4096)-F(4096), then 2J outputs; dropout on the FC layers). Outp
 normalised canvas coordinates n = (x + 0.5) / S in [0, 1] (docs/design.md).
 
 Cascade stages s >= 2 (the paper's eq. 6): for every joint i, a box b_i centred on the
-stage s-1 estimate y_i with side sigma * diam(y) (diam: the distance between two opposing
-torso joints, e.g. left shoulder and right hip, or the diagonal of the pose's bounding box
-when those are not given) is cut out of the image by bilinear sampling inside the jitted
-function and resized to crop_size x crop_size; the stage's own regressor (separate
-parameters per stage) maps the crop to displacements in the box's normalised frame, of
-which joint i's is kept; y_i^s = y_i^{s-1} + side * displacement_i.
+stage s-1 estimate y_i with side sigma * diam(y) is cut out of the image by bilinear
+sampling inside the jitted function and resized to crop_size x crop_size; the stage's own
+regressor (separate parameters per stage) maps the crop to displacements in the box's
+normalised frame, of which joint i's is kept; y_i^s = y_i^{s-1} + side * displacement_i.
+diam(y) is the paper's "distance between opposing joints on the human torso, such as left
+shoulder and right hip" (Sec. 3.2; `diameter='torso'`, the joints `diameter_joints`, which
+`jhpe.train.config.build_model` fills in from the skeleton's `torso_joints`), or the
+diagonal of the pose's bounding box (`diameter='bbox'`).
 
-Training (train=True): stage s sees stage s-1's output through stop_gradient (the paper
-trains stages one after another) plus simulated displacements, the paper's augmentation
-by "displacements drawn from the empirical displacement statistics" approximated by an
-isotropic Gaussian of std `perturb_sigma` in normalised units (rngs={'perturb': key}; the
-same collection feeds dropout unless a 'dropout' rng is also given).
+Training, two ways (`jhpe.train.cascade`):
+- stage-wise, as the paper: stage s alone, its earlier stages frozen, on boxes centred on
+  the ground truth and displaced by draws from stage s-1's training-set error statistics;
+  the loss is on the box-normalised displacement. The train step calls this module with
+  `refine_stage=s, centres=..., sides=...` and gets that stage's displacements alone.
+- jointly (`train=True` without `refine_stage`): every stage at once, stage s seeing stage
+  s-1's output through stop_gradient plus isotropic displacements of std `perturb_sigma`
+  in normalised units (rngs={'perturb': key}; the same collection feeds dropout unless a
+  'dropout' rng is also given), the loss on the refined coordinates.
 """
 
 from typing import Any, Optional, Sequence
@@ -31,6 +37,7 @@ from jhpe.models import layers
 Dtype = Any
 
 BACKBONES = ("alexnet", "resnet")
+DIAMETERS = ("torso", "bbox")
 # AlexNet's conv1 /4 and three 3x3/2 'VALID' pools need an input of at least 57 px.
 ALEXNET_MIN_SIZE = 57
 
@@ -187,10 +194,15 @@ class DeepPose(nn.Module):
     dropout_rate: AlexNet FC dropout.
     crop_size: side of the refinement stages' crops in pixels (None: the input size, as in
       the paper, which feeds every stage 220 x 220).
-    box_scale: sigma, the crop side in units of the pose diameter.
+    refiner_width: channel multiplier of the stages s >= 2 (None: `width`); cheaper
+      refiners at CPU scale.
+    box_scale: sigma, the crop side in units of the pose diameter (the paper: 1.0 on
+      FLIC, 2.0 on LSP).
     min_box: smallest crop side, normalised units (guards degenerate early predictions).
-    diameter_joints: (left shoulder, right hip)-like indices for the diameter; None uses
-      the bounding-box diagonal of the previous estimate.
+    diameter: 'torso' (the paper: the distance between `diameter_joints`) or 'bbox' (the
+      diagonal of the estimate's bounding box).
+    diameter_joints: (left shoulder, right hip)-like indices, needed by 'torso' when
+      num_stages > 1.
     perturb_sigma: std of the simulated displacements added in training, normalised units.
     dtype, param_dtype: compute and parameter dtypes; outputs are float32.
     bn_axis_name: BatchNorm's cross-device axis (None: the train step pmeans the stats).
@@ -204,8 +216,10 @@ class DeepPose(nn.Module):
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
   dropout_rate: float = 0.5
   crop_size: Optional[int] = None
+  refiner_width: Optional[float] = None
   box_scale: float = 1.0
   min_box: float = 0.05
+  diameter: str = "torso"
   diameter_joints: Optional[Sequence[int]] = None
   perturb_sigma: float = 0.02
   dtype: Dtype = jnp.float32
@@ -221,8 +235,14 @@ class DeepPose(nn.Module):
     layers.check_positive("fc_features", self.fc_features)
     if self.backbone not in BACKBONES:
       raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
-    if not self.width > 0:
-      raise ValueError(f"width must be a positive multiplier, got {self.width!r}.")
+    if not self.width > 0 or not (self.refiner_width is None or self.refiner_width > 0):
+      raise ValueError(f"width and refiner_width must be positive multipliers, got "
+                       f"{self.width!r}, {self.refiner_width!r}.")
+    if self.diameter not in DIAMETERS:
+      raise ValueError(f"diameter must be one of {DIAMETERS}, got {self.diameter!r}.")
+    if self.diameter == "torso" and self.num_stages > 1 and self.diameter_joints is None:
+      raise ValueError("diameter='torso' needs diameter_joints (two torso joints, e.g. "
+                       "left shoulder and right hip), or use diameter='bbox'.")
     if self.crop_size is not None:
       layers.check_positive("crop_size", self.crop_size, "None or an integer >= 1")
     if not self.box_scale > 0 or not self.min_box > 0:
@@ -245,8 +265,20 @@ class DeepPose(nn.Module):
   def num_output_channels(self) -> int:
     return 2 * self.num_joints
 
-  def _regressor(self, name):
-    kw = dict(num_outputs=2 * self.num_joints, width=self.width, dtype=self.dtype,
+  @property
+  def box_joints(self) -> Optional[tuple]:
+    """The joints whose distance is diam(y), or None for the bounding-box diagonal."""
+    if self.diameter == "torso" and self.diameter_joints is not None:
+      return tuple(self.diameter_joints)
+    return None
+
+  def box_sides(self, joints):
+    """(B, J, 2) normalised joints -> (B,) crop sides sigma * diam(joints), >= min_box."""
+    return jnp.maximum(self.box_scale * pose_diameter(joints, self.box_joints),
+                       self.min_box)
+
+  def _regressor(self, name, width=None):
+    kw = dict(num_outputs=2 * self.num_joints, width=width or self.width, dtype=self.dtype,
               param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name=name)
     if self.backbone == "resnet":
       return ResNetRegressor(blocks=tuple(self.resnet_blocks), **kw)
@@ -254,17 +286,39 @@ class DeepPose(nn.Module):
                             use_batchnorm=self.use_batchnorm,
                             dropout_rate=self.dropout_rate, **kw)
 
+  def _refine(self, images, stage: int, centres, sides, crop: int, train: bool):
+    """Stage `stage`'s displacements (B, J, 2), in box units, for boxes at `centres`
+    (B, J, 2) with sides `sides` (B,), normalised units."""
+    batch, j = centres.shape[:2]
+    crops = crop_windows(images, centres, sides, crop)  # (B, J, c, c, 3)
+    crops = layers.normalise_images(crops.reshape(batch * j, crop, crop, 3), self.dtype)
+    disp = self._regressor(f"stage{stage}", self.refiner_width)(crops, train)
+    disp = disp.reshape(batch, j, j, 2)
+    # The crop around joint i refines joint i (psi_i in the paper's eq. 6).
+    return disp[:, jnp.arange(j), jnp.arange(j)].astype(jnp.float32)
+
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    """Images (B, S, S, 3) in [0, 1] -> list over stages of (B, J, 2) normalised (x, y)."""
-    x = layers.normalise_images(images, self.dtype)
-    batch = images.shape[0]
-    j = self.num_joints
+  def __call__(self, images, train: bool = False, refine_stage: Optional[int] = None,
+               centres=None, sides=None):
+    """Images (B, S, S, 3) in [0, 1] -> list over stages of (B, J, 2) normalised (x, y).
+
+    With `refine_stage=s` (2 <= s <= num_stages), `centres` (B, J, 2) and `sides` (B,):
+    only stage s runs, on those boxes, and the result is its displacements (B, J, 2) in
+    box units (the stage-wise training of `jhpe.train.cascade`).
+    """
     crop = self.crop_size or images.shape[1]
     if self.backbone == "alexnet" and min(*images.shape[1:3], crop) < ALEXNET_MIN_SIZE:
       raise ValueError(
           f"images and crop_size must be at least {ALEXNET_MIN_SIZE} px for the AlexNet "
           f"backbone, got images {images.shape[1]}x{images.shape[2]}, crop_size {crop}.")
+    if refine_stage is not None:
+      if not 2 <= refine_stage <= self.num_stages:
+        raise ValueError(f"refine_stage must be in [2, {self.num_stages}], got "
+                         f"{refine_stage!r}.")
+      return self._refine(images, refine_stage, centres, sides, crop, train)
+    x = layers.normalise_images(images, self.dtype)
+    batch = images.shape[0]
+    j = self.num_joints
     # Stage 1: the whole image; outputs start at the image centre (zero-init last layer).
     out = self._regressor("stage1")(x, train).reshape(batch, j, 2)
     outputs = [0.5 + out.astype(jnp.float32)]
@@ -273,12 +327,7 @@ class DeepPose(nn.Module):
       if train and self.perturb_sigma > 0:
         prev = prev + self.perturb_sigma * jax.random.normal(
             self.make_rng("perturb"), prev.shape, prev.dtype)
-      side = jnp.maximum(self.box_scale * pose_diameter(prev, self.diameter_joints),
-                         self.min_box)  # (B,)
-      crops = crop_windows(images, prev, side, crop)  # (B, J, c, c, 3)
-      crops = layers.normalise_images(crops.reshape(batch * j, crop, crop, 3), self.dtype)
-      disp = self._regressor(f"stage{s}")(crops, train).reshape(batch, j, j, 2)
-      # The crop around joint i refines joint i (psi_i in the paper's eq. 6).
-      disp = disp[:, jnp.arange(j), jnp.arange(j)].astype(jnp.float32)  # (B, J, 2)
+      side = self.box_sides(prev)  # (B,)
+      disp = self._refine(images, s, prev, side, crop, train)
       outputs.append(prev + side[:, None, None] * disp)
     return layers.stage_list(outputs)

@@ -12,7 +12,6 @@ into a run, and raises a ValueError of one line naming the flag and what is allo
 
 import dataclasses
 import json
-import os
 import typing
 from typing import Any, Optional
 
@@ -110,6 +109,15 @@ class Config:
   weight_decay: float = _field(0.0, "Weight decay (0 = off).")
   ema_decay: float = _field(0.0, "EMA of the params (0 = off).")
   num_train_steps: int = _field(1000, "Training steps.")
+  # DeepPose's cascade trained as the paper, one stage after another (jhpe.train.cascade).
+  train_stage: int = _field(
+      0, "Cascade stage trained alone (0 = every stage jointly). s >= 2: stage s on "
+      "ground-truth-centred boxes displaced by stage s-1's training-set errors, stages "
+      "< s restored from --init_from and frozen.")
+  init_from: str = _field("", "Workdir of the previous stage (--train_stage >= 2): its "
+                          "latest checkpoint gives the earlier stages.")
+  perturb_examples: int = _field(0, "Training examples on which stage s-1's errors are "
+                                 "measured for --train_stage=s (0 = all).")
   # Bookkeeping.
   log_every: int = _field(50, "Steps between metric records.")
   eval_every: int = _field(0, "Steps between evaluations (0 = end).")
@@ -190,7 +198,7 @@ class Config:
                  "checkpoint_every", "keep_checkpoints"):
       positive(flag, getattr(self, flag))
     for flag in ("eval_batch_size", "num_eval_examples", "eval_every", "warmup_steps",
-                 "num_workers"):
+                 "num_workers", "train_stage", "perturb_examples"):
       positive(flag, getattr(self, flag), zero_ok=True)
     for key in _COUNT_KWARGS:
       if key in self.model_kwargs:
@@ -217,6 +225,14 @@ class Config:
       raise ValueError(f"{scales_flag}: expected factors in (0, {top:g}] (1.0 = as is).")
     # The model's own checks (unknown size, zero stacks, stride vs input size).
     model = build_model(self)
+    if self.train_stage:
+      stages = getattr(model, "num_stages", 1) if model.output_kind == "regression" else 0
+      if not 1 <= self.train_stage <= stages:
+        raise ValueError(f"--train_stage={self.train_stage}: stage-wise training is for "
+                         f"DeepPose's cascade, stages 1..--num_stages ({stages}).")
+      if self.train_stage >= 2 and not self.init_from:
+        raise ValueError(f"--train_stage={self.train_stage} needs --init_from (the "
+                         "workdir of stage s-1).")
     if tuple(self.test_scales) != (1.0,) and model.output_kind != "heatmap":
       raise ValueError(f"{scales_flag}: multi-scale testing averages heatmaps; "
                        f"--model={self.model} regresses coordinates (use --test_scales=1.0).")
@@ -263,7 +279,11 @@ def build_model(config: Config, **overrides):
   from jhpe import models  # pylint: disable=g-import-not-at-top
   kwargs = dict(config.model_kwargs)
   # The joint count comes from the dataset's skeleton unless the flags say otherwise.
-  kwargs.setdefault("num_joints", skeleton_of(config).num_joints)
+  skeleton = skeleton_of(config)
+  kwargs.setdefault("num_joints", skeleton.num_joints)
+  if "diameter_joints" in models.model_fields(config.model):
+    # DeepPose's diam(y): the skeleton's opposing torso joints (left shoulder, right hip).
+    kwargs.setdefault("diameter_joints", tuple(skeleton.torso_joints))
   kwargs.setdefault("dtype", jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
   kwargs.update(overrides)
   try:
@@ -272,79 +292,14 @@ def build_model(config: Config, **overrides):
     raise ValueError(f"--model={config.model} with {config.model_kwargs}: {e}") from None
 
 
-def check_workdir(workdir: str) -> None:
-  """Raises ValueError naming `workdir` unless it can be created and written."""
-  if not workdir:
-    raise ValueError("--workdir is required.")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"--workdir={workdir}: cannot create it ({e.strerror}).") from None
-  if not os.access(workdir, os.W_OK | os.X_OK) or not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir}: not a writable directory.")
-
-
-def save_config(config: Config, workdir: str) -> str:
-  from jhpe import files  # pylint: disable=g-import-not-at-top
-  return files.write_atomic(os.path.join(workdir, CONFIG_FILENAME), config.to_json() + "\n")
-
-
-# Settings a resumed run may change: how long, how often to log / save / evaluate, where
-# the data lives, how it is loaded. Any other change would splice two experiments into
-# one set of checkpoints and metrics.
-RESUMABLE_CHANGES = frozenset((
-    "num_train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-    "async_checkpoints", "num_workers", "data_dir", "manual_dir", "eval_batch_size",
-    "num_eval_examples", "nan_policy", "skip_bad_examples", "parallel",
-    # Evaluation only: nothing trained depends on them (a typo here must be fixable).
-    "eval_split", "test_scales", "flip_test", "decode"))
-
-
-def check_resumable(config: Config, workdir: str) -> None:
-  """Raises ValueError when `workdir` holds a run whose settings differ from `config`.
-
-  Called before a run resumes from `workdir`'s checkpoint: the error names every changed
-  flag (old -> new) and leaves the workdir untouched. Changes in RESUMABLE_CHANGES pass.
-  """
-  path = os.path.join(workdir, CONFIG_FILENAME)
-  if not os.path.exists(path):
-    return
-  # Both through the same JSON (lists, not tuples); a foreign config.json is named.
-  saved_config = load_config(workdir)
-  saved = json.loads(saved_config.to_json())
-  new = json.loads(config.to_json())
-  if saved.get("model") == new["model"]:
-    # A model option added since the workdir was written equals its absence at its default.
-    from jhpe import models  # pylint: disable=g-import-not-at-top
-    defaults = json.loads(json.dumps(models.model_defaults(new["model"]), default=str))
-    saved["model_kwargs"] = {**defaults, **saved["model_kwargs"]}
-    new["model_kwargs"] = {**defaults, **new["model_kwargs"]}
-  changed = [f"--{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(new)
-             if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
-  if changed:
-    raise ValueError(
-        f"--workdir={workdir} holds a checkpoint of a run with other settings "
-        f"({'; '.join(changed)}); resume with the settings of its config.json, or "
-        "train in a new --workdir.")
-  if saved_config.num_train_steps != config.num_train_steps:
-    config_checks.check_schedule_resume(saved_config, config, workdir)
-
-
-def load_config(workdir: str) -> Config:
-  """Reads `<workdir>/config.json` (written by the training loop)."""
-  path = os.path.join(workdir, CONFIG_FILENAME)
-  if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist: {workdir} is not a jhpe training workdir.")
-  try:
-    with open(path, "rb") as f:
-      return Config.from_json(f.read().decode("utf-8"), source=path)
-  except (OSError, ValueError, TypeError, AttributeError) as e:
-    if str(e).startswith(path):
-      raise
-    # A truncated, binary or hand-edited file: name it, not a JSON parser's position.
-    raise ValueError(f"{path} is not a readable jhpe config ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:120] if str(e) else e!r}).") from None
-
-
 def config_from_dict(data: dict[str, Any]) -> Config:
   return Config.from_json(json.dumps(data))
+
+
+# The workdir's config.json (save, load, may a run resume here?) lives in workdir_config;
+# its names stay importable from here. Imported last: it imports `Config` from this module.
+from jhpe.train.workdir_config import RESUMABLE_CHANGES  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+from jhpe.train.workdir_config import check_resumable  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+from jhpe.train.workdir_config import check_workdir  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+from jhpe.train.workdir_config import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jhpe.train.workdir_config import save_config  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position

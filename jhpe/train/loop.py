@@ -29,29 +29,17 @@ from typing import Optional
 import jax
 import numpy as np
 
+from jhpe.train import cascade
 from jhpe.train import checkpoint as ckpt
 from jhpe.train import config as config_lib
 from jhpe.train import evaluate as eval_lib
 from jhpe.train import evaluators
 from jhpe.train import progress
 from jhpe.train.runtime import MetricWriter, PreemptionFlag, WorkdirLock, eval_record
+from jhpe.train.runtime import NonFiniteError  # pylint: disable=unused-import  # Raised here.
 from jhpe.train import state as state_lib
 from jhpe.train import steps as steps_lib
 from jhpe.train.config import Config
-
-class NonFiniteError(RuntimeError):
-  """The loss or gradients became NaN/Inf under `--nan_policy=stop`."""
-
-  def __init__(self, step: int, last_checkpoint: Optional[int], workdir: str):
-    self.step = step
-    self.last_checkpoint = last_checkpoint
-    super().__init__(
-        f"non-finite loss or gradients at step {step} (the update was not applied); "
-        f"stopping (--nan_policy=stop). The last good checkpoint is "
-        f"{'step ' + str(last_checkpoint) if last_checkpoint is not None else 'none'} in "
-        f"{ckpt.checkpoint_dir(workdir)}. Lower --learning_rate, set --grad_clip, or pass "
-        f"--nan_policy=skip to skip such steps.")
-
 
 # -- The loop. --
 
@@ -72,7 +60,7 @@ class _Runner:
   """The state of one `train_and_evaluate` call (devices, step function, writers)."""
 
   def __init__(self, config: Config, workdir: str, preempt: PreemptionFlag,
-               train_loader=None, eval_loader=None):
+               train_loader=None, eval_loader=None, stage_training=None):
     self.config = config
     self.workdir = workdir
     self.preempt = preempt
@@ -88,11 +76,12 @@ class _Runner:
                                      async_save=config.async_checkpoints)
     flips = config_lib.skeleton_of(config).flip_permutation
     if self.pmap:
-      self.train_step = steps_lib.make_pmap_train_step(self.model, config,
-                                                       flip_permutation=flips)
+      self.train_step = steps_lib.make_pmap_train_step(
+          self.model, config, flip_permutation=flips, stage_training=stage_training)
     else:
-      self.train_step = steps_lib.make_shard_map_train_step(self.model, config, self.mesh,
-                                                            flip_permutation=flips)
+      self.train_step = steps_lib.make_shard_map_train_step(
+          self.model, config, self.mesh, flip_permutation=flips,
+          stage_training=stage_training)
 
   # Device placement.
   def to_devices(self, state):
@@ -192,7 +181,9 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
             f"and stops; the same command resumes).", flush=True)
       for path in ckpt.quarantine_incomplete(workdir):
         logging.warning("Set aside an unfinished checkpoint: %s", path)
-    runner = _Runner(config, workdir, preempt, train_loader, eval_loader)
+    # DeepPose's stage-wise cascade: stage s-1's error statistics (measured once).
+    stage_training = cascade.prepare(config, workdir, write=chief)
+    runner = _Runner(config, workdir, preempt, train_loader, eval_loader, stage_training)
     runner.writer.write_hparams(
         json.loads(config.to_json()),
         metrics=(f"eval/{evaluators.for_dataset(config.dataset).title}", "loss"))
@@ -217,6 +208,8 @@ def _train(r: _Runner) -> dict:
     if r.chief:
       print(f"Resuming from the checkpoint of step {start} in "
             f"{ckpt.checkpoint_dir(workdir)}.", flush=True)
+  else:  # Stage-wise cascade training starts from the previous stage's checkpoint.
+    state = cascade.with_earlier_stages(state, config)
   start = int(start or 0)
   r.writer.truncate_after(start)
   state = r.to_devices(state)
@@ -262,7 +255,8 @@ def _train(r: _Runner) -> dict:
     if m["nonfinite"] > 0:
       if config.nan_policy == "stop":
         r.manager.wait_until_finished()
-        raise NonFiniteError(done, ckpt.latest_complete_step(r.manager), workdir)
+        raise NonFiniteError(done, ckpt.latest_complete_step(r.manager),
+                             ckpt.checkpoint_dir(workdir))
       skipped += 1
       logging.warning("Step %d: non-finite loss or gradients; update skipped "
                       "(--nan_policy=skip, %d so far).", done, skipped)

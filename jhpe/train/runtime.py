@@ -284,3 +284,17 @@ def flatten_hparams(config: dict, prefix: str = "") -> dict:
     else:
       flat[name] = str(value)
   return flat
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradients became NaN/Inf under `--nan_policy=stop`."""
+
+  def __init__(self, step: int, last_checkpoint: Optional[int], checkpoint_dir: str):
+    self.step = step
+    self.last_checkpoint = last_checkpoint
+    super().__init__(
+        f"non-finite loss or gradients at step {step} (the update was not applied); "
+        f"stopping (--nan_policy=stop). The last good checkpoint is "
+        f"{'step ' + str(last_checkpoint) if last_checkpoint is not None else 'none'} in "
+        f"{checkpoint_dir}. Lower --learning_rate, set --grad_clip, or pass "
+        f"--nan_policy=skip to skip such steps.")

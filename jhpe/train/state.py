@@ -86,7 +86,8 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     square root), the hourglass paper's optimiser at 2.5e-4.
   - 'adam': Adam (AdamW-style decoupled decay when weight_decay > 0).
   - 'sgd': SGD with momentum (DeepPose, CPM), L2 weight decay added to the gradient.
-  Global-norm gradient clipping comes first when `grad_clip` > 0.
+  Global-norm gradient clipping comes first when `grad_clip` > 0. With `train_stage`
+  >= 2 every parameter outside stage s is frozen.
   """
   schedule = make_schedule(config)
   chain = []
@@ -106,7 +107,15 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
       chain.append(optax.sgd(schedule, momentum=config.momentum))
     else:
       raise ValueError(f"--optimizer={config.optimizer!r}: expected rmsprop, adam or sgd.")
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  if config.train_stage >= 2:
+    # DeepPose's stage-wise cascade (jhpe.train.cascade): only stage s moves; the earlier
+    # stages get zero updates (no momentum, no weight decay).
+    trained = f"stage{config.train_stage}"
+    tx = optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()},
+        lambda params: {k: "train" if k == trained else "frozen" for k in params})
+  return tx
 
 
 def init_variables(rng: jax.Array, model, config: Config) -> dict:

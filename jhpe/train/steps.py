@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jhpe import codecs
 from jhpe import geometry
 from jhpe import inference
+from jhpe.train import cascade
 from jhpe.train import augment as augment_lib
 from jhpe.train import state as state_lib
 from jhpe.train.config import Config
@@ -45,6 +46,8 @@ class StepParts:
       ranges).
     intermediate_supervision: score every stage (True) or only the last.
     ema_decay: decay of the parameters' EMA (0 = none).
+    stage_training: DeepPose's stage-wise cascade training (`jhpe.train.cascade`):
+      stage s alone on ground-truth-centred boxes; None trains the whole model.
   """
   model: Any
   codec: Any
@@ -53,18 +56,21 @@ class StepParts:
   augment_kwargs: dict
   intermediate_supervision: bool = True
   ema_decay: float = 0.0
+  stage_training: Optional[cascade.StageTraining] = None
 
   def __hash__(self):  # `augment_kwargs` holds arrays; the parts are used by identity.
     return id(self)
 
 
 def make_step_parts(model, config: Config, flip_permutation,
-                    axis_name: Optional[str] = AXIS) -> StepParts:
+                    axis_name: Optional[str] = AXIS,
+                    stage_training: Optional[cascade.StageTraining] = None) -> StepParts:
   """The collaborators of `train_step` for a run's model and config.
 
   Args:
     flip_permutation: (J,) `Skeleton.flip_permutation` of the training joints.
     axis_name: the device axis for cross-device BatchNorm (`config.sync_batch_norm`).
+    stage_training: `cascade.prepare(config, workdir)` when `config.train_stage` >= 2.
   """
   if config.sync_batch_norm and hasattr(model, "bn_axis_name"):
     model = model.clone(bn_axis_name=axis_name)
@@ -79,7 +85,7 @@ def make_step_parts(model, config: Config, flip_permutation,
                           flip_prob=0.5 if config.aug_flip else 0.0,
                           color_jitter=config.aug_color),
       intermediate_supervision=config.intermediate_supervision,
-      ema_decay=config.ema_decay)
+      ema_decay=config.ema_decay, stage_training=stage_training)
 
 
 def augment_batch(rng: jax.Array, batch: dict, example_ids: jax.Array,
@@ -143,6 +149,14 @@ def train_step(state: state_lib.TrainState, batch: dict, *, parts: StepParts,
   batch = augment_batch(aug_rng, batch, example_ids, parts.augment_kwargs)
   model_rng = jax.random.fold_in(model_rng, device)
   targets, weights = codec.encode(batch["joints"], batch["visible"])
+  refine = {}
+  if parts.stage_training is not None:
+    # Stage s alone, on the paper's simulated boxes; its targets are the box-normalised
+    # displacements to the ground truth (jhpe.train.cascade).
+    box_rng, model_rng = jax.random.split(model_rng)
+    (centres, sides), targets, weights = cascade.sample_boxes(
+        box_rng, targets, weights, parts.stage_training, model)
+    refine = dict(refine_stage=parts.stage_training.stage, centres=centres, sides=sides)
 
   # The losses average over this device's annotated joints. Rescaled by this device's
   # share of the global annotated count (times the device count, undone by the pmean
@@ -157,7 +171,10 @@ def train_step(state: state_lib.TrainState, batch: dict, *, parts: StepParts,
     variables = {"params": params, "batch_stats": state.batch_stats}
     outputs, updates = model.apply(
         variables, batch["image"], train=True, mutable=["batch_stats"],
-        rngs={"perturb": model_rng, "dropout": model_rng})
+        rngs={"perturb": model_rng, "dropout": model_rng}, **refine)
+    if refine:  # One stage's displacements; the other stages' statistics stay as were.
+      outputs = [outputs]
+      updates = {"batch_stats": {**state.batch_stats, **updates.get("batch_stats", {})}}
     outputs = [o.astype(jnp.float32) for o in outputs]
     total, per_stage = stage_loss(codec, outputs, targets, weights,
                                   parts.intermediate_supervision)
@@ -205,7 +222,8 @@ def _default_flip_permutation(config: Config):
   return skeleton_of(config).flip_permutation
 
 
-def make_pmap_train_step(model, config: Config, devices=None, flip_permutation=None):
+def make_pmap_train_step(model, config: Config, devices=None, flip_permutation=None,
+                         stage_training=None):
   """`train_step` under `jax.pmap` over the local devices; the state is donated.
 
   Call with a replicated state (`replicate_pmap`, leading device axis) and a batch
@@ -213,7 +231,7 @@ def make_pmap_train_step(model, config: Config, devices=None, flip_permutation=N
   """
   if flip_permutation is None:
     flip_permutation = _default_flip_permutation(config)
-  parts = make_step_parts(model, config, flip_permutation)
+  parts = make_step_parts(model, config, flip_permutation, stage_training=stage_training)
   fn = functools.partial(train_step, parts=parts, axis_name=AXIS)
   return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
@@ -224,7 +242,8 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices, (AXIS,))
 
 
-def make_shard_map_train_step(model, config: Config, mesh: Mesh, flip_permutation=None):
+def make_shard_map_train_step(model, config: Config, mesh: Mesh, flip_permutation=None,
+                              stage_training=None):
   """The same `train_step` under `jax.jit` + `jax.shard_map` on a 1-D `mesh`.
 
   The state is replicated (`P()`), the batch is split along its first axis (`P(AXIS)`);
@@ -234,7 +253,7 @@ def make_shard_map_train_step(model, config: Config, mesh: Mesh, flip_permutatio
   """
   if flip_permutation is None:
     flip_permutation = _default_flip_permutation(config)
-  parts = make_step_parts(model, config, flip_permutation)
+  parts = make_step_parts(model, config, flip_permutation, stage_training=stage_training)
   fn = functools.partial(train_step, parts=parts, axis_name=AXIS)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
                          check_vma=False)
