@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from jhpe import models
+from jhpe import skeletons
 from jhpe.models import cpm as cpm_lib
 from jhpe.models import deeppose as deeppose_lib
 from jhpe.models import summary
@@ -149,7 +150,9 @@ def test_full_size_output_shapes():
   assert [o.shape for o in outputs] == [(1, 64, 64, 16)] * 8
   _, outputs = _abstract("cpm", 368)
   assert [o.shape for o in outputs] == [(1, 46, 46, 15)] * 6
-  _, outputs = _abstract("deeppose", 220, num_stages=3, backbone="resnet")
+  # The cascade's boxes are torso diameters: the LSP skeleton's torso joints.
+  _, outputs = _abstract("deeppose", 220, num_stages=3, backbone="resnet",
+                         diameter_joints=tuple(skeletons.LSP.torso_joints))
   assert [o.shape for o in outputs] == [(1, 14, 2)] * 3
 
 
