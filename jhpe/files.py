@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a kill never leaves half a file behind.
+"""Atomic file writes (a crash or a kill never leaves half a file behind), and JSON reads
+whose errors name the file.
 
 Every file jhpe writes for a reader (config.json, eval JSON, predictions, metrics.jsonl
 rewrites, exported models) goes through `write_atomic`: the data goes to a temporary file
@@ -38,6 +39,16 @@ def write_atomic(path, data):
 def write_json(path, data, indent=1):
   """`write_atomic` of `data` as JSON (indent None: one line)."""
   return write_atomic(path, json.dumps(data, indent=indent))
+
+
+def read_json(path, label=None):
+  """The JSON value in `path`; a missing, unreadable or malformed file is one ValueError
+  naming `label` (e.g. '--boxes=dets.json'; default: the path)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{label or path}: not a readable JSON file ({e}).') from e
 
 
 def open_no_follow(path, mode='a'):

@@ -13,7 +13,6 @@ Bad input is one line `jhpe.predict: error: ...` naming the file or flag, exit s
 before anything is written.
 """
 
-import json
 import os
 import sys
 import time
@@ -101,11 +100,7 @@ def read_boxes(path, image_paths, score_threshold=0.0):
   (000000000139.jpg is image_id 139). An image with no entry has no person.
   """
   from jhpe.train import coco_eval  # pylint: disable=g-import-not-at-top  # Light.
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'--boxes={path}: not a readable JSON file ({e}).') from e
+  data = files.read_json(path, f'--boxes={path}')
   out = {p: [] for p in image_paths}
   if isinstance(data, list):
     by_id = {}

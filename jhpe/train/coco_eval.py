@@ -12,11 +12,11 @@ dataset's annotation file where its builder finds it (`registry.gt_annotations`)
 is rebuilt from the stored examples (`jhpe.oks.gt_from_records`; the eval JSON says which).
 """
 
-import json
 import os
 
 import numpy as np
 
+from jhpe import files
 from jhpe import geometry
 from jhpe import oks
 
@@ -111,11 +111,7 @@ def read_person_boxes(path, score_threshold=0.0, category_id=1, flag='--person_b
   `flag` names the file in errors; `entries`: the file's list when already loaded.
   """
   if entries is None:
-    try:
-      with open(path) as f:
-        entries = json.load(f)
-    except (OSError, ValueError) as e:
-      raise ValueError(f'{flag}={path}: not a readable JSON file ({e}).') from e
+    entries = files.read_json(path, f'{flag}={path}')
   if not isinstance(entries, list):
     raise ValueError(f'{flag}={path}: expected a list of {{"image_id", "bbox", '
                      '"score"}} (COCO results format).')

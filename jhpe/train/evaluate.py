@@ -123,10 +123,10 @@ def evaluate(variables: dict, model, config: Config, *, dataset: str, split: str
       batch = next(it)
     except StopIteration:
       if padding is None:  # A shorter shard: feed batches that count for nothing.
-        padding = jax.tree.map(np.zeros_like, outs_batch)
+        padding = jax.tree.map(np.zeros_like, last_batch)
         padding["index"] = np.full_like(padding["index"], -1)
       batch = padding
-    outs_batch = batch
+    last_batch = batch  # The shapes of this shard's padding batches, if it runs out.
     out = _gather(eval_fn(variables, steps_lib.global_batch(batch, mesh)))
     host = _gather(steps_lib.global_batch(
         {k: batch[k] for k in ("visible", "normaliser", "index", "valid")}, mesh))

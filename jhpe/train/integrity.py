@@ -14,7 +14,6 @@ A damaged step is renamed `<step>.damaged` (`set_aside`), as unfinished ones bec
 `<step>.incomplete`: no run reads it again, and a new save of that step does not collide.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -78,10 +77,9 @@ def read_manifest(step_dir: str) -> Optional[dict]:
   if not os.path.exists(path):
     return None
   try:
-    with open(path) as f:
-      table = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DamagedCheckpointError(f"{MANIFEST} is unreadable ({e})") from None
+    table = files.read_json(path)
+  except ValueError as e:
+    raise DamagedCheckpointError(f"{MANIFEST} is unreadable ({e.__cause__})") from None
   if not isinstance(table, dict):
     raise DamagedCheckpointError(f"{MANIFEST} is not a table of checksums")
   return table

@@ -19,13 +19,13 @@ HRNet), the centre moves down by 15 * s and the box side is 200 * 1.25 * s pixel
 `scale` = 250 * s; unannotated joints get visible = 0 and coordinates 0.
 """
 
-import json
 import os
 
 import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from jhpe import files
 from jhpe.data.builders import common
 
 NUM_JOINTS = 16
@@ -45,11 +45,7 @@ def _load_json(path, url):
     raise FileNotFoundError(
         f'MPII annotations not found at {path!r}: get train.json, valid.json and '
         f'gt_valid.mat (the annot/ folder of {url}) and place them there.')
-  try:
-    with open(path) as f:
-      entries = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'{path}: not a readable JSON annotation file ({e}).') from e
+  entries = files.read_json(path)
   if not isinstance(entries, list):
     raise ValueError(f'{path}: expected a JSON list of person entries, got '
                      f'{type(entries).__name__}.')
