@@ -22,7 +22,9 @@ Two measured fixes (jaxlib 0.10.2, benchmarks/README.md):
    them with `munmap`, so every step page-faults the whole buffer in again: a training run
    spent 21% of its CPU time in the kernel. With one malloc arena, no mmap and no trimming
    the next step reuses the freed heap memory: 0 page faults per step, and the LSP
-   flagfile model's train step runs 1.57x faster (benchmarks/README.md).
+   flagfile model's train step runs 1.57x faster (benchmarks/README.md). (XLA frees the
+   buffer on a worker thread once the result is ready; on a busy machine a step that
+   allocates before the previous one has freed grows the heap and faults once more.)
    One arena because glibc's per-thread arenas fall back to mmap for any request larger
    than their 64 MB heaps whatever the settings, and XLA allocates from worker threads.
    The cost: the heap keeps its peak size until the process exits (with many forced host
