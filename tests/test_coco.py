@@ -174,6 +174,16 @@ def test_evaluate_reports_oks_ap_with_ground_truth_and_detected_boxes(coco_zips,
               'coco_keypoints_validation_detected_boxes_oksnms1_predictions.json') as f:
       predictions = json.load(f)
     assert all(p['box_score'] >= threshold for p in predictions)
+  # The first boxes only (--num_examples): scored against their own images, not every one.
+  eval_lib.evaluate_workdir(coco_workdir, figures=False, person_boxes=dets, num_examples=2,
+                            oks_nms_threshold=1.0)
+  with open(f'{coco_workdir}/eval/coco_keypoints_validation_detected_boxes_oksnms1.json') as f:
+    first = json.load(f)
+  with open(f'{coco_workdir}/eval/'
+            'coco_keypoints_validation_detected_boxes_oksnms1_predictions.json') as f:
+    first_images = {p['image_id'] for p in json.load(f)}
+  assert first['oks']['people'] == 2
+  assert first['oks']['images'] == len(first_images) < detected['oks']['images']
   # The ground-truth-box evaluation was not overwritten.
   with open(f'{coco_workdir}/eval/coco_keypoints_validation.json') as f:
     assert json.load(f) == gt_boxes

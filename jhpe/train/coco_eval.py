@@ -74,7 +74,10 @@ def add_oks(results, predictions, evaluator, *, dataset, split, source, index, j
   detected = isinstance(source, DetectionSource)
   if detected:
     gt, gt_from = source.gt, source.gt_from
-    image_ids = sorted(im['id'] for im in gt['images'])
+    if len(index) < len(source):  # --num_examples: the images of the boxes evaluated.
+      image_ids = sorted({int(m['image_id']) for m in metas})
+    else:  # Every image: one without a detection still counts its people as missed.
+      image_ids = sorted(im['id'] for im in gt['images'])
   else:
     gt = registry.gt_annotations(dataset, split, manual_dir)
     gt_from = 'annotation file'
