@@ -14,6 +14,7 @@ percent.
 
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -53,8 +54,39 @@ def load_run(run_dir: str) -> dict:
   from jhpe.train import evaluate  # pylint: disable=g-import-not-at-top
   config = read("config.json")
   tag = evaluate.dataset_tag(config["dataset"], config["eval_split"])
-  return {"name": os.path.basename(os.path.normpath(run_dir)), "config": config,
-          "metrics": read("metrics.jsonl"), "eval": read("eval", f"{tag}.json")}
+  metrics = read("metrics.jsonl")
+  images = config["num_train_steps"] * config["batch_size"]
+  seconds = training_seconds(metrics)
+  for earlier in _earlier_stages(run_dir):  # A cascade's stage counts the stages before it.
+    images += earlier["config"]["num_train_steps"] * earlier["config"]["batch_size"]
+    seconds += training_seconds(earlier["metrics"])
+  return {"name": run_name(run_dir), "config": config, "metrics": metrics,
+          "eval": read("eval", f"{tag}.json"), "images": images, "seconds": seconds}
+
+
+def _earlier_stages(run_dir: str) -> list:
+  """The config and metrics of stage1 .. stage{s-1} beside a stage{s} folder."""
+  path = os.path.normpath(run_dir)
+  match = re.fullmatch(r"stage(\d+)", os.path.basename(path))
+  if not match:
+    return []
+  stages = []
+  for s in range(1, int(match.group(1))):
+    stage_dir = os.path.join(os.path.dirname(path), f"stage{s}")
+    with open(os.path.join(stage_dir, "config.json")) as f:
+      config = json.load(f)
+    with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+      stages.append({"config": config, "metrics": [json.loads(l) for l in f if l.strip()]})
+  return stages
+
+
+def run_name(run_dir: str) -> str:
+  """The folder's name; a cascade stage's folder (W/stage2) is named with its run's."""
+  path = os.path.normpath(run_dir)
+  name = os.path.basename(path)
+  if re.fullmatch(r"stage\d+", name):
+    return f"{os.path.basename(os.path.dirname(path))}/{name}"
+  return name
 
 
 def training_seconds(records: Sequence[dict]) -> float:
@@ -110,10 +142,9 @@ def _joint_table(runs: Sequence[dict], columns: tuple) -> str:
     per = ev["per_joint"]
     cells = [_pct(None if any(per.get(j) is None for j in js) else
                   sum(per[j] for j in js) / len(js)) for _, js in columns]
-    minutes = training_seconds(run["metrics"]) / 60
     lines.append("| " + " | ".join([
         run["name"], cfg["model"], f"{params / 1e6:.2f}M", str(cfg["input_size"]),
-        f"{cfg['num_train_steps'] * cfg['batch_size']:,}", f"{minutes:.0f} min",
+        f"{run['images']:,}", f"{run['seconds'] / 60:.0f} min",
         *cells, f"**{_pct(ev['mean'])}**", _pct(ev.get("pcp", {}).get("mean"))]) + " |")
   return "\n".join(lines)
 

@@ -121,3 +121,28 @@ def test_columns_follow_the_dataset_joints_not_lsp():
   assert set(columns["wrist"]) == {"left_wrist", "right_wrist"}
   assert columns["pelvis"] == ("pelvis",) and "mean" not in columns
   assert sum(len(js) for js in columns.values()) == len(mpii)
+
+
+def test_a_cascade_stage_folder_is_named_with_its_run(tmp_path, capsys):
+  (tmp_path / "cascade").mkdir()
+  _run_dir(tmp_path, "cascade/stage1", [0.1])
+  run = _run_dir(tmp_path, "cascade/stage2", [0.1, 0.2])
+  assert results_table.run_name(run) == "cascade/stage2"
+  assert results_table.run_name(str(tmp_path / "cascade")) == "cascade"
+  assert results_table.main([run]) == 0
+  # Its images and time count stage 1's too: 2 x 40 images, 2 x 30 s.
+  assert "| cascade/stage2 | hourglass | 0.13M | 32 | 80 | 1 min |" in capsys.readouterr().out
+
+
+def test_the_readme_table_is_what_the_documented_command_prints(capsys):
+  # docs/results/README.md gives the command; README.md must hold its first table verbatim.
+  import os, re  # pylint: disable=g-import-not-at-top,g-multiple-import
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "docs", "results", "README.md")) as f:
+    command = re.search(r"python -m experiments\.results_table (docs/results/lsp_hourglass_14k"
+                        r"[^`]*?lsp_cpm_sigma1)", f.read()).group(1)
+  runs = [os.path.join(repo, r) for r in command.replace("\\", " ").split()]
+  assert results_table.main(runs) == 0
+  table = capsys.readouterr().out.split("\n\n")[0].strip()
+  with open(os.path.join(repo, "README.md")) as f:
+    assert table in f.read()
