@@ -25,7 +25,8 @@ from benchmarks import common
 from benchmarks import train_step
 from jhpe import cpu_defaults
 
-COLUMNS = ['config', 'dataset', 'batch', 'workers', 'pipeline_img_s', 'step_img_s',
+COLUMNS = ['config', 'dataset', 'batch', 'workers', 'pipeline_img_s', 'pipeline_startup_s',
+           'pipeline_steady_img_s', 'step_img_s',
            'loop_img_s', 'pipeline_over_step', 'loop_over_step', 'verdict']
 
 
@@ -53,7 +54,8 @@ def measure(name, dataset, batch=8, steps=10, repeats=3, num_workers=0, data_dir
   # grain prefetches (threads, a buffer of hundreds of examples) as soon as an iterator
   # starts: a buffer filled while something else ran would inflate the next figure, so the
   # pipeline and the loop each read a fresh iterator. The pipeline is timed from the
-  # iterator's creation (start-up included: a lower bound); the loop from its second step.
+  # iterator's creation (start-up included: a lower bound) and, apart, after its first
+  # batch (the steady rate, what a long run sees); the loop from its second step.
   new_iter = lambda: iter(loop_lib.make_train_loader(config))  # Builds data on first use.
   keys = ('image', 'joints', 'visible')
   prepared = train_step.prepare_step(config)
@@ -92,9 +94,13 @@ def measure(name, dataset, batch=8, steps=10, repeats=3, num_workers=0, data_dir
       if label == 'pipeline':
         start = time.perf_counter()
         data_iter = new_iter()
+        fn(data_iter)
+        first = time.perf_counter()
         for _ in range(steps):
           fn(data_iter)
-        samples.append(steps * batch / (time.perf_counter() - start))
+        end = time.perf_counter()
+        samples.append(((steps + 1) * batch / (end - start), first - start,
+                        steps * batch / (end - first)))
         continue
       data_iter = new_iter()
       fn(data_iter)  # Warm-up (and the iterator's start-up).
@@ -103,11 +109,16 @@ def measure(name, dataset, batch=8, steps=10, repeats=3, num_workers=0, data_dir
         samples.append(_rate(lambda: loop_block(data_iter), 1, steps * batch))  # pylint: disable=cell-var-from-loop
       else:
         samples.append(_rate(lambda: fn(data_iter), steps, batch))  # pylint: disable=cell-var-from-loop
+    if label == 'pipeline':  # (with start-up, start-up seconds, after the first batch)
+      rates['pipeline'], startup_s, rates['pipeline_steady'] = (
+          statistics.median(column) for column in zip(*samples))
+      continue
     rates[label] = statistics.median(samples)
   ratio_loop = rates['loop'] / rates['step']
   return {
       'config': name, 'dataset': dataset, 'batch': batch, 'workers': num_workers,
-      'pipeline_img_s': rates['pipeline'], 'step_img_s': rates['step'],
+      'pipeline_img_s': rates['pipeline'], 'pipeline_startup_s': startup_s,
+      'pipeline_steady_img_s': rates['pipeline_steady'], 'step_img_s': rates['step'],
       'loop_img_s': rates['loop'],
       'pipeline_over_step': rates['pipeline'] / rates['step'],
       'loop_over_step': ratio_loop,

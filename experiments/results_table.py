@@ -57,27 +57,21 @@ def load_run(run_dir: str) -> dict:
   metrics = read("metrics.jsonl")
   images = config["num_train_steps"] * config["batch_size"]
   seconds = training_seconds(metrics)
-  for earlier in _earlier_stages(run_dir):  # A cascade's stage counts the stages before it.
-    images += earlier["config"]["num_train_steps"] * earlier["config"]["batch_size"]
-    seconds += training_seconds(earlier["metrics"])
+  previous = _previous_stage(run_dir)
+  if previous:  # A cascade's stage counts the stages before it.
+    earlier = load_run(previous)
+    images, seconds = images + earlier["images"], seconds + earlier["seconds"]
   return {"name": run_name(run_dir), "config": config, "metrics": metrics,
           "eval": read("eval", f"{tag}.json"), "images": images, "seconds": seconds}
 
 
-def _earlier_stages(run_dir: str) -> list:
-  """The config and metrics of stage1 .. stage{s-1} beside a stage{s} folder."""
+def _previous_stage(run_dir: str):
+  """stage{s-1} beside a cascade's stage{s} folder (W/stage3 -> W/stage2), else None."""
   path = os.path.normpath(run_dir)
   match = re.fullmatch(r"stage(\d+)", os.path.basename(path))
-  if not match:
-    return []
-  stages = []
-  for s in range(1, int(match.group(1))):
-    stage_dir = os.path.join(os.path.dirname(path), f"stage{s}")
-    with open(os.path.join(stage_dir, "config.json")) as f:
-      config = json.load(f)
-    with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
-      stages.append({"config": config, "metrics": [json.loads(l) for l in f if l.strip()]})
-  return stages
+  if not match or int(match.group(1)) < 2:
+    return None
+  return os.path.join(os.path.dirname(path), f"stage{int(match.group(1)) - 1}")
 
 
 def run_name(run_dir: str) -> str:

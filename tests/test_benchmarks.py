@@ -256,7 +256,7 @@ def test_loop_tiny_row_has_the_three_rates(tmp_path):
   from benchmarks import loop  # pylint: disable=g-import-not-at-top
   row = loop.measure('hourglass/tiny', 'synthetic/tiny', batch=2, steps=2, repeats=1,
                      data_dir=str(tmp_path))
-  for key in ('pipeline_img_s', 'step_img_s', 'loop_img_s'):
+  for key in ('pipeline_img_s', 'pipeline_steady_img_s', 'step_img_s', 'loop_img_s'):
     assert row[key] > 0
   assert row['loop_over_step'] == pytest.approx(row['loop_img_s'] / row['step_img_s'])
   assert row['verdict'] in ('data-bound', 'compute-bound')
