@@ -65,8 +65,7 @@ def ship(workdir: str, name: str, which="latest", num_slice_examples: int = 200,
     manager = ckpt.make_manager(tmp, keep=1, async_save=False)
     ckpt.save(manager, step, {"params": variables["params"],
                               "batch_stats": variables.get("batch_stats", {})})
-    manager.wait_until_finished()
-    manager.close()
+    ckpt.close(manager)
     # The slice figure of the shipped copy itself (its own restore, its own eval path).
     sliced = eval_lib.evaluate_workdir(tmp, num_examples=num_slice_examples, figures=False)
     evals = os.path.join(tmp, "eval")

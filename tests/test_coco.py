@@ -132,8 +132,7 @@ def coco_workdir(coco_zips, tmp_path_factory):
                                        config_lib.build_model(config), config)
   manager = checkpoint.make_manager(workdir, async_save=False)
   checkpoint.save(manager, 1, state.to_dict())
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.close(manager)
   return workdir
 
 

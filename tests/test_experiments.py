@@ -146,8 +146,7 @@ def eval_workdir(tmp_path_factory):
                                        config_lib.build_model(config), config)
   manager = checkpoint.make_manager(workdir, async_save=False)
   checkpoint.save(manager, 2, state.to_dict())
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.close(manager)
   return workdir
 
 

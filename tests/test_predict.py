@@ -94,8 +94,7 @@ def build_tiny_workdir(workdir, images, joints):
     losses.append(float(loss))
   manager = checkpoint.make_manager(workdir, async_save=False)
   checkpoint.save(manager, TRAIN_STEPS, state.to_dict())
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.close(manager)
   return losses
 
 

@@ -68,10 +68,8 @@ def _best_metric(metrics: dict) -> float:
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over `<workdir>/checkpoints` with items `state` and `data_iter`.
-
-  Keeps the `keep` latest checkpoints and the best one by `metrics['pck']`.
-  """
+  """A CheckpointManager over `<workdir>/checkpoints` (items `state`, `data_iter`) keeping
+  the `keep` latest checkpoints and the best one by `metrics['pck']`."""
   policy = ocm.AnyPreservationPolicy([
       ocm.LatestN(n=keep),
       ocm.BestN(get_metric_fn=_best_metric, reverse=False, n=1,
@@ -108,6 +106,12 @@ def write_manifests(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight, then writes the checksums of the committed steps."""
   manager.wait_until_finished()
   integrity.write_committed(str(manager.directory), COMMIT_MARKER)
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Waits for the last save, writes its checksums, and closes the manager."""
+  write_manifests(manager)
+  manager.close()
 
 
 def _flatten(tree: Any) -> dict:
@@ -189,8 +193,7 @@ def restore_newest_good(manager: ocp.CheckpointManager, abstract_state_dict: dic
 
   A damaged one is set aside as `<step>.damaged` (one warning line naming what is
   damaged and the step used instead) and the previous one tried; (None, None) when no
-  sound checkpoint is left (the run starts over).
-  """
+  sound checkpoint is left (the run starts over)."""
   steps = sorted(complete_steps(manager), reverse=True)
   for k, step in enumerate(steps):
     try:

@@ -190,8 +190,7 @@ def train_and_evaluate(config: Config, workdir: str, *, train_loader=None,
     try:
       return _train(runner)
     finally:
-      ckpt.write_manifests(runner.manager)  # Waits for the last save.
-      runner.manager.close()
+      ckpt.close(runner.manager)
       runner.writer.close()
 
 
