@@ -40,6 +40,9 @@ PRESETS = {
                       'adam', 'lsp'),
     'hourglass/paper': ('hourglass', dict(num_stacks=8, num_features=256), 256, 'rmsprop',
                         'mpii'),
+    # The side by side's model (benchmarks.hourglass_vs_torch): the paper's at 2 stacks.
+    'hourglass/paper_2stacks': ('hourglass', dict(num_stacks=2, num_features=256), 256,
+                                'rmsprop', 'mpii'),
     # The same model with `nn.scan` over its stacks (one stack compiled instead of eight).
     'hourglass/paper_scan': ('hourglass', dict(num_stacks=8, num_features=256,
                                                scan_stacks=True), 256, 'rmsprop', 'mpii'),

@@ -276,3 +276,70 @@ def test_cpu_presets_are_the_lsp_flagfiles_models(family):
       family, int(flags['input_size']), flags['optimizer'], flags['dataset'])
   for key, value in kwargs.items():
     assert str(value) == flags[key], key
+
+
+_HLO = """HloModule jit_train_step
+
+%fused_computation.7 (param_0.1: f32[32768,128], param_1.2: f32[128,256]) -> f32[32768,256] {
+  %param_0.1 = f32[32768,128]{1,0} parameter(0)
+  %param_1.2 = f32[128,256]{1,0} parameter(1)
+  ROOT %dot.9 = f32[32768,256]{1,0} dot(%param_0.1, %param_1.2), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_computation.8 (param_0.3: f32[], param_1.4: f32[8,64,64,256]) -> f32[256] {
+  %param_1.4 = f32[8,64,64,256]{3,2,1,0} parameter(1)
+  %param_0.3 = f32[] parameter(0)
+  ROOT %reduce.1 = f32[256]{0} reduce(%param_1.4, %param_0.3), dimensions={0,1,2}, to_apply=%add
+}
+
+ENTRY %main.1 (p: f32[8,64,64,128]) -> f32[32768,256] {
+  %ynn_fusion.7 = f32[32768,256]{1,0} fusion(%bitcast.1, %copy.2), kind=kCustom, calls=%fused_computation.7, metadata={op_name="jit(train_step)/transpose(jvp(StackedHourglass))/stem_res1/conv3/dense/dot_general"}
+  %ynn_fusion.8 = f32[256]{0} fusion(%constant.1, %x.2), kind=kCustom, calls=%fused_computation.8, metadata={op_name="jit(train_step)/jvp(StackedHourglass)/hourglass_0/hourglass_0._residuals/up1_0/bn1/reduce_sum"}
+  %conv.3 = f32[8,64,64,128]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+  ROOT %multiply_add_fusion.4 = f32[32768,256]{1,0} fusion(%ynn_fusion.7), kind=kLoop, calls=%fused_computation.9
+}
+"""
+
+
+def test_profile_step_names_each_thunk_and_rates_library_dots():
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+  instructions, computations = profile_step.parse_hlo(_HLO)
+  assert instructions['conv.3']['opcode'] == 'convolution'
+  assert profile_step.classify('ynn_fusion.7', instructions, computations) == (
+      'ynn dot', 2 * 32768 * 256 * 128)
+  assert profile_step.classify('ynn_fusion.8', instructions, computations)[0] == 'ynn reduce'
+  assert profile_step.classify('conv.3', instructions, computations)[0].startswith('convolution')
+  assert profile_step.layer_of(instructions['ynn_fusion.7']['line']) == ('stem_res1/conv3', 'bwd')
+  assert profile_step.layer_of(instructions['ynn_fusion.8']['line']) == ('hourglass_0/up1_0', 'fwd')
+  assert profile_step.union_us([(0, 10), (5, 20), (30, 40)]) == 30
+  # Two steps of 100 us: the dot 40 us each (2 x 32768 x 256 x 128 FLOPs), the reduce
+  # 10 us overlapping it, the convolution's 1 us dispatch; 59 us of each step uncovered.
+  events = []
+  for start in (0, 100):
+    events += [{'name': 'ynn_fusion.7', 'ts': start, 'dur': 40},
+               {'name': 'ynn_fusion.8', 'ts': start + 30, 'dur': 10},
+               {'name': 'conv.3', 'ts': start + 40, 'dur': 1},
+               {'name': 'PjitFunction(jit(train_step))', 'ts': start, 'dur': 100}]
+  kinds, layers, top = profile_step.summarise(
+      events, instructions, computations, steps=2, step_us=100, config_name='x', top=2)
+  by_kind = {r['kind']: r for r in kinds}
+  assert by_kind['ynn dot']['ms_per_step'] == pytest.approx(0.040)
+  assert by_kind['ynn dot']['gflops'] == pytest.approx(2 * 32768 * 256 * 128 / 40e-6 / 1e9)
+  assert by_kind[profile_step.NOT_COVERED]['share'] == pytest.approx(0.59)
+  assert kinds[0]['kind'] == profile_step.NOT_COVERED  # Sorted by time.
+  assert [r['op'] for r in top] == ['ynn_fusion.7', 'ynn_fusion.8']
+  assert {(r['layer'], r['pass']) for r in layers} >= {('stem_res1/conv3', 'bwd')}
+
+
+def test_profile_step_tiny_run_traces_the_real_step():
+  # In its own process: the per-thunk trace flag is read when JAX starts.
+  rows = common.run_module('benchmarks.profile_step', [
+      '--configs=hourglass/tiny', '--steps=1', '--warmup=1', '--top=3'], timeout=600)
+  kinds = {r['kind']: r for r in rows if 'kind' in r and 'op' not in r}
+  assert 'ynn dot' in kinds and kinds['ynn dot']['gflops'] > 0
+  # What the traced ops cover and what they do not add up to the step at least.
+  assert sum(r['share'] for r in kinds.values()) >= 0.99
+  layers = {r['layer'] for r in rows if 'layer' in r and 'op' not in r}
+  assert any(layer.startswith('stem_res1') for layer in layers)
+  tops = [r['ms_per_step'] for r in rows if 'op' in r]
+  assert len(tops) == 3 and tops == sorted(tops, reverse=True)
