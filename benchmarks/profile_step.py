@@ -41,7 +41,8 @@ LAYER_COLUMNS = ['config', 'layer', 'pass', 'ms_per_step', 'share', 'ops_per_ste
 TOP_COLUMNS = ['config', 'op', 'kind', 'layer', 'pass', 'shape', 'ms_per_step', 'gflops']
 NOT_COVERED = 'not covered by a traced op (Eigen convolutions and dots, gaps)'
 
-_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w+)\((.*)')
+# name = shape opcode(operands...): a shape is one array or a tuple of them.
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\([^()]*\)|\S+) (\w+)\((.*)')
 _COMPUTATION = re.compile(r'%?([\w.\-]+) \(.*\) -> .* \{$')
 
 
@@ -64,7 +65,8 @@ def parse_hlo(text):
     match = _INSTRUCTION.match(line)
     if match:
       name, shape, opcode, _ = match.groups()
-      instructions[name] = {'shape': shape.split('{')[0], 'opcode': opcode, 'line': line}
+      shape = shape if shape.startswith('(') else shape.split('{')[0]  # Drop the layout.
+      instructions[name] = {'shape': shape, 'opcode': opcode, 'line': line}
       if current is not None:
         current.append(line)
   return instructions, computations

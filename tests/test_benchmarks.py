@@ -296,6 +296,7 @@ ENTRY %main.1 (p: f32[8,64,64,128]) -> f32[32768,256] {
   %ynn_fusion.7 = f32[32768,256]{1,0} fusion(%bitcast.1, %copy.2), kind=kCustom, calls=%fused_computation.7, metadata={op_name="jit(train_step)/transpose(jvp(StackedHourglass))/stem_res1/conv3/dense/dot_general"}
   %ynn_fusion.8 = f32[256]{0} fusion(%constant.1, %x.2), kind=kCustom, calls=%fused_computation.8, metadata={op_name="jit(train_step)/jvp(StackedHourglass)/hourglass_0/hourglass_0._residuals/up1_0/bn1/reduce_sum"}
   %conv.3 = f32[8,64,64,128]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+  %multi.5 = (f32[256]{0}, f32[128]{0}) fusion(%conv.3), kind=kLoop, calls=%fused_computation.10
   ROOT %multiply_add_fusion.4 = f32[32768,256]{1,0} fusion(%ynn_fusion.7), kind=kLoop, calls=%fused_computation.9
 }
 """
@@ -305,6 +306,8 @@ def test_profile_step_names_each_thunk_and_rates_library_dots():
   from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
   instructions, computations = profile_step.parse_hlo(_HLO)
   assert instructions['conv.3']['opcode'] == 'convolution'
+  assert instructions['multi.5']['shape'] == '(f32[256]{0}, f32[128]{0})'  # A tuple.
+  assert instructions['multi.5']['opcode'] == 'fusion'
   assert profile_step.classify('ynn_fusion.7', instructions, computations) == (
       'ynn dot', 2 * 32768 * 256 * 128)
   assert profile_step.classify('ynn_fusion.8', instructions, computations)[0] == 'ynn reduce'
