@@ -7,6 +7,7 @@ import tempfile
 
 import pytest
 
+from jhpe import compilation_cache
 from jhpe import cpu_defaults
 
 # The tests run JAX on the CPU: its measured XLA flags and malloc settings, as the entry
@@ -20,6 +21,9 @@ os.environ.setdefault(
     os.path.join(tempfile.gettempdir(),
                  f"jhpe-test-compilation-cache-{os.getuid()}-"
                  + hashlib.sha1(str(pathlib.Path(__file__).resolve()).encode()).hexdigest()[:8]))
+# The tests' own jitted steps use it too (those that take >= 1 s to compile), so a second
+# run of the suite on the same machine reads them instead of compiling them again.
+compilation_cache.enable(os.environ["JHPE_COMPILATION_CACHE"])
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
