@@ -277,16 +277,26 @@ def format_table(rows, columns=None):
   return '\n'.join(lines)
 
 
+def machine_line(info):
+  """'# key=value, ...' of `machine_info()`: the line every table is printed under."""
+  return '# ' + ', '.join(f'{k}={v}' for k, v in info.items())
+
+
+def write_json_rows(path, rows, info):
+  """The rows as JSON lines, each with the machine it was measured on under '_machine'."""
+  with open(path, 'w') as f:
+    for row in rows:
+      f.write(json.dumps({**row, '_machine': info}) + '\n')
+
+
 def report(rows, args, title, columns=None):
   """Prints the machine line and the table; writes JSON lines if --json_out was given."""
   info = machine_info()
   print(f'# {title}')
-  print('# ' + ', '.join(f'{k}={v}' for k, v in info.items()))
+  print(machine_line(info))
   print(format_table(rows, columns))
   if getattr(args, 'json_out', ''):
-    with open(args.json_out, 'w') as f:
-      for row in rows:
-        f.write(json.dumps({**row, '_machine': info}) + '\n')
+    write_json_rows(args.json_out, rows, info)
 
 
 def _strip_flag(argv, name):

@@ -42,6 +42,9 @@ TOP_COLUMNS = ['config', 'op', 'kind', 'layer', 'pass', 'shape', 'ms_per_step', 
 NOT_COVERED = 'not covered by a traced op (Eigen convolutions and dots, gaps)'
 
 # name = shape opcode(operands...): a shape is one array or a tuple of them.
+# Thunks that run other thunks (a loop's body, a branch): their events span their
+# children's, which are traced themselves, so they are not counted again.
+_CONTAINERS = ('while', 'conditional', 'call')
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\([^()]*\)|\S+) (\w+)\((.*)')
 _COMPUTATION = re.compile(r'%?([\w.\-]+) \(.*\) -> .* \{$')
 
@@ -162,13 +165,17 @@ def read_trace_events(trace_dir):
 
 def summarise(events, instructions, computations, steps, step_us, config_name, top):
   """Rows by kind, by layer, and the `top` slowest ops, per step."""
-  thunks = [e for e in events if e['name'] in instructions]
+  thunks = [e for e in events if e['name'] in instructions
+            and instructions[e['name']]['opcode'] not in _CONTAINERS]
+  # name -> (kind, FLOPs, (layer, pass)), once per op rather than per event.
+  ops = {name: (*classify(name, instructions, computations),
+                layer_of(instructions[name]['line']))
+         for name in {e['name'] for e in thunks}}
   by_kind, by_layer, by_op = (collections.defaultdict(lambda: [0, 0, 0])
                               for _ in range(3))
   for event in thunks:
     name = event['name']
-    kind, flops = classify(name, instructions, computations)
-    layer = layer_of(instructions[name]['line'])
+    kind, flops, layer = ops[name]
     for table, key in ((by_kind, kind), (by_layer, layer), (by_op, name)):
       table[key][0] += event['dur']
       table[key][1] += 1
@@ -190,9 +197,8 @@ def summarise(events, instructions, computations, steps, step_us, config_name, t
                 for (layer, direction), (us, count, _) in by_layer.items()]
   top_rows = []
   for name, (us, _, flops) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:top]:
-    layer, direction = layer_of(instructions[name]['line'])
-    top_rows.append({'config': config_name, 'op': name,
-                     'kind': classify(name, instructions, computations)[0],
+    kind, _, (layer, direction) = ops[name]
+    top_rows.append({'config': config_name, 'op': name, 'kind': kind,
                      'layer': layer, 'pass': direction,
                      'shape': instructions[name]['shape'], 'ms_per_step': per_step(us),
                      'gflops': gflops(us, flops)})
@@ -263,11 +269,9 @@ def main(argv=None):
     print(common.format_table(top, TOP_COLUMNS[1:]), flush=True)
     rows += kinds + layers + top
   info = common.machine_info()
-  print('\n# ' + ', '.join(f'{k}={v}' for k, v in info.items()))
+  print('\n' + common.machine_line(info))
   if args.json_out:
-    with open(args.json_out, 'w') as f:
-      for row in rows:
-        f.write(json.dumps({**row, '_machine': info}) + '\n')
+    common.write_json_rows(args.json_out, rows, info)
 
 
 if __name__ == '__main__':

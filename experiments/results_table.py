@@ -65,20 +65,25 @@ def load_run(run_dir: str) -> dict:
           "eval": read("eval", f"{tag}.json"), "images": images, "seconds": seconds}
 
 
+def _stage_number(run_dir: str):
+  """s of a cascade's stage folder W/stage{s}, else None."""
+  match = re.fullmatch(r"stage(\d+)", os.path.basename(os.path.normpath(run_dir)))
+  return int(match.group(1)) if match else None
+
+
 def _previous_stage(run_dir: str):
   """stage{s-1} beside a cascade's stage{s} folder (W/stage3 -> W/stage2), else None."""
-  path = os.path.normpath(run_dir)
-  match = re.fullmatch(r"stage(\d+)", os.path.basename(path))
-  if not match or int(match.group(1)) < 2:
+  stage = _stage_number(run_dir)
+  if stage is None or stage < 2:
     return None
-  return os.path.join(os.path.dirname(path), f"stage{int(match.group(1)) - 1}")
+  return os.path.join(os.path.dirname(os.path.normpath(run_dir)), f"stage{stage - 1}")
 
 
 def run_name(run_dir: str) -> str:
   """The folder's name; a cascade stage's folder (W/stage2) is named with its run's."""
   path = os.path.normpath(run_dir)
   name = os.path.basename(path)
-  if re.fullmatch(r"stage\d+", name):
+  if _stage_number(path) is not None:
     return f"{os.path.basename(os.path.dirname(path))}/{name}"
   return name
 

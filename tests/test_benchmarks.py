@@ -297,6 +297,7 @@ ENTRY %main.1 (p: f32[8,64,64,128]) -> f32[32768,256] {
   %ynn_fusion.8 = f32[256]{0} fusion(%constant.1, %x.2), kind=kCustom, calls=%fused_computation.8, metadata={op_name="jit(train_step)/jvp(StackedHourglass)/hourglass_0/hourglass_0._residuals/up1_0/bn1/reduce_sum"}
   %conv.3 = f32[8,64,64,128]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
   %multi.5 = (f32[256]{0}, f32[128]{0}) fusion(%conv.3), kind=kLoop, calls=%fused_computation.10
+  %loop.6 = (s32[], u32[4]{0}) while(%init), condition=%cond, body=%body
   ROOT %multiply_add_fusion.4 = f32[32768,256]{1,0} fusion(%ynn_fusion.7), kind=kLoop, calls=%fused_computation.9
 }
 """
@@ -322,6 +323,8 @@ def test_profile_step_names_each_thunk_and_rates_library_dots():
     events += [{'name': 'ynn_fusion.7', 'ts': start, 'dur': 40},
                {'name': 'ynn_fusion.8', 'ts': start + 30, 'dur': 10},
                {'name': 'conv.3', 'ts': start + 40, 'dur': 1},
+               # A loop spanning the reduce (its body): not counted twice.
+               {'name': 'loop.6', 'ts': start + 30, 'dur': 10},
                {'name': 'PjitFunction(jit(train_step))', 'ts': start, 'dur': 100}]
   kinds, layers, top = profile_step.summarise(
       events, instructions, computations, steps=2, step_us=100, config_name='x', top=2)
@@ -330,6 +333,7 @@ def test_profile_step_names_each_thunk_and_rates_library_dots():
   assert by_kind['ynn dot']['gflops'] == pytest.approx(2 * 32768 * 256 * 128 / 40e-6 / 1e9)
   assert by_kind[profile_step.NOT_COVERED]['share'] == pytest.approx(0.59)
   assert kinds[0]['kind'] == profile_step.NOT_COVERED  # Sorted by time.
+  assert not any('while' in r['kind'] for r in kinds)
   assert [r['op'] for r in top] == ['ynn_fusion.7', 'ynn_fusion.8']
   assert {(r['layer'], r['pass']) for r in layers} >= {('stem_res1/conv3', 'bwd')}
 

@@ -1,6 +1,8 @@
 """The README's results table is computed from the runs' own files."""
 
 import json
+import os
+import re
 
 import pytest
 
@@ -136,7 +138,6 @@ def test_a_cascade_stage_folder_is_named_with_its_run(tmp_path, capsys):
 
 def test_the_readme_table_is_what_the_documented_command_prints(capsys):
   # docs/results/README.md gives the command; README.md must hold its first table verbatim.
-  import os, re  # pylint: disable=g-import-not-at-top,g-multiple-import
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(repo, "docs", "results", "README.md")) as f:
     command = re.search(r"python -m experiments\.results_table (docs/results/lsp_hourglass_14k"
