@@ -12,6 +12,7 @@ shared machine's drifting load hits both alike. Compile time is reported apart.
 
   python -m benchmarks.hourglass_vs_torch                          # 2 and 8 stacks, batch 8
   python -m benchmarks.hourglass_vs_torch --variants=jhpe,xla      # with / without jhpe's flags
+  python -m benchmarks.hourglass_vs_torch --scan_stacks            # jhpe's stacks scanned
   python -m benchmarks.hourglass_vs_torch --sides=torch --variants=jhpe,no_malloc  # alone
   python -m benchmarks.hourglass_vs_torch --stacks=1 --size=64 --features=32 --batch=2 \\
       --repeats=2                                                    # quick
@@ -37,7 +38,8 @@ def make_inputs(batch, size, num_joints, seed=0):
   return images, targets
 
 
-def jhpe_side(num_stacks, features, num_joints, depth, images, targets, dtype='float32'):
+def jhpe_side(num_stacks, features, num_joints, depth, images, targets, dtype='float32',
+              scan_stacks=False):
   """The jhpe model's train step and inference, compiled.
 
   Returns:
@@ -51,7 +53,8 @@ def jhpe_side(num_stacks, features, num_joints, depth, images, targets, dtype='f
   from jhpe.models import summary  # pylint: disable=g-import-not-at-top
 
   model = models.get_model('hourglass', num_stacks=num_stacks, num_features=features,
-                           num_joints=num_joints, depth=depth, dtype=jnp.dtype(dtype))
+                           num_joints=num_joints, depth=depth, dtype=jnp.dtype(dtype),
+                           scan_stacks=scan_stacks)
   images = jnp.asarray(images)
   targets = jnp.asarray(targets)
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(
@@ -132,7 +135,7 @@ def torch_side(num_stacks, features, num_joints, depth, images, targets,
 
 def compare(num_stacks, batch=8, size=256, features=256, num_joints=16, depth=4,
             modes=('train', 'infer'), repeats=3, warmup=1, channels_last=False,
-            dtype='float32', sides=common.SIDES):
+            dtype='float32', sides=common.SIDES, scan_stacks=False):
   """Rows (one per mode) of the side by side for one number of stacks.
 
   `sides` may name one side only: it is then timed in a process of its own (no ratio).
@@ -147,7 +150,7 @@ def compare(num_stacks, batch=8, size=256, features=256, num_joints=16, depth=4,
   built = {}
   if 'jhpe' in sides:
     built['jhpe'] = jhpe_side(num_stacks, features, num_joints, depth, images, targets,
-                              dtype)
+                              dtype, scan_stacks)
   if 'torch' in sides:
     built['torch'] = torch_side(num_stacks, features, num_joints, depth, images, targets,
                                 channels_last)
@@ -186,6 +189,8 @@ def parse_args(argv):
   parser.add_argument('--torch_channels_last', action='store_true',
                       help='torch in channels_last memory format (NHWC)')
   common.add_sides_flag(parser)
+  parser.add_argument('--scan_stacks', action='store_true',
+                      help="jhpe's model with nn.scan over its stacks (--scan_stacks)")
   parser.add_argument('--dtype', default='float32',
                       help="jhpe compute dtype (the comparison is float32; 'bfloat16' "
                            'to try mixed precision)')
@@ -207,7 +212,8 @@ def main(argv=None):
   for stacks in [int(s) for s in args.stacks.split(',')]:
     new = compare(stacks, args.batch, args.size, args.features, args.joints, args.depth,
                   tuple(args.modes.split(',')), args.repeats, args.warmup,
-                  args.torch_channels_last, args.dtype, tuple(args.sides.split(',')))
+                  args.torch_channels_last, args.dtype, tuple(args.sides.split(',')),
+                  args.scan_stacks)
     print(common.format_table(new, COLUMNS), flush=True)  # Partial results early.
     rows += new
   common.report(rows, args, title, COLUMNS)

@@ -3,6 +3,7 @@ function as the per-stage model, parameters convertible both ways, remat changin
 but memory, and workdirs written before the option existed still resuming."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from jhpe import losses
 from jhpe import models
 from jhpe.models import cpm as cpm_lib
 from jhpe.models import hourglass as hg
+from jhpe.models import layers
 from jhpe.models import summary
 from jhpe.train import config as config_lib
 
@@ -37,14 +39,31 @@ def test_the_scanned_layout_is_what_the_scanned_model_initialises(per_stack):
   converted = hg.stack_variables(variables, KW['num_stacks'])
   assert jax.tree.structure(own) == jax.tree.structure(converted)
   assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, converted)
-  # Stacks 0 and 1 under one leading axis; the last one apart under its own names,
-  # without back-projections.
+  # All three stacks under one leading axis; the back-projections of stacks 0 and 1 under
+  # another (the last stack has none); no per-stack name left.
   assert {x.shape[0] for x in jax.tree.leaves(converted['params']['stacks'])} == {
+      KW['num_stacks']}
+  assert {x.shape[0] for x in jax.tree.leaves(converted['params']['back_projections'])} == {
       KW['num_stacks'] - 1}
-  assert 'stack_2_out' in converted['params']
-  assert not any(k.startswith(('stack_0', 'stack_1', 'hourglass_0'))
-                 for k in converted['params'])
-  assert 'stack_2_feat_back' not in converted['params']
+  assert set(converted['params']['back_projections']) == {'feat_back', 'heat_back'}
+  assert 'back_projections' not in converted['batch_stats']
+  assert not any(k.startswith(('stack_', 'hourglass_')) for k in converted['params'])
+  # The same number of parameters: nothing stored for the last stack's back-projections.
+  assert summary.count_params(own['params']) == summary.count_params(variables['params'])
+
+
+@pytest.mark.parametrize('num_stacks', [1, 2])
+def test_scanned_model_with_one_or_two_stacks(num_stacks):
+  kw = dict(KW, num_stacks=num_stacks)
+  images = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
+  variables = models.get_model('hourglass', **kw).init(jax.random.key(1), images)
+  scanned = models.get_model('hourglass', **kw, scan_stacks=True)
+  converted = hg.stack_variables(variables, num_stacks)
+  assert (jax.tree.map(jnp.shape, scanned.init(jax.random.key(1), images))
+          == jax.tree.map(jnp.shape, converted))
+  for a, b in zip(models.get_model('hourglass', **kw).apply(variables, images),
+                  scanned.apply(converted, images), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_conversion_round_trips_exactly(per_stack):
@@ -132,3 +151,39 @@ def test_cpm_scanned_over_its_stages_is_the_same_function():
   assert _max_difference(back, variables) == 0.0
   for a, b in zip(model.apply(variables, images), scanned.apply(converted, images)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel,padding,shape', [
+    (3, 'SAME', (2, 9, 7, 3)), (3, 'VALID', (2, 9, 7, 3)), (7, 'SAME', (1, 8, 8, 4)),
+    (11, 'SAME', (2, 12, 12, 3)), (4, 'SAME', (2, 6, 6, 3)), (3, ((1, 0), (2, 1)), (2, 9, 7, 3))])
+def test_convolution_gradients_are_lax_gradients(kernel, padding, shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], 5))
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+  for stride in (1, 2):  # Stride 2 goes to lax as it is.
+    y_ref, vjp_ref = jax.vjp(lambda a, b, s=stride: jax.lax.conv_general_dilated(
+        a, b, (s, s), padding, dimension_numbers=dn), x, w)
+    y, vjp = jax.vjp(lambda a, b, s=stride: layers.conv_nhwc(
+        a, b, (s, s), padding, dimension_numbers=dn), x, w)
+    cotangent = jax.random.normal(jax.random.key(2), y.shape)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(cotangent), vjp_ref(cotangent), strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_convolutions_in_a_scan_compile_to_the_fast_form():
+  """XLA:CPU runs only NHWC/HWIO convolutions with Eigen and rewrites the gradient
+  convolutions JAX emits into that form only outside loops; `layers.conv` emits them in
+  it, so a scanned stage's backward pass has no plain-loop convolution."""
+  module = layers.conv(4, 3, jnp.float32, jnp.float32)
+  x = jnp.ones((2, 8, 8, 4))
+  kernels = jax.vmap(lambda k: module.init(k, x))(jax.random.split(jax.random.key(0), 3))
+
+  def loss(stacked, x):
+    x, _ = jax.lax.scan(lambda h, v: (jax.nn.relu(module.apply(v, h)), None), x, stacked)
+    return (x ** 2).sum()
+
+  text = jax.jit(jax.grad(loss)).lower(kernels, x).compile().as_text()
+  labels = re.findall(r'convolution\(.*?dim_labels=([^,\s]+)', text)
+  assert len(labels) == 3  # Forward, input gradient, kernel gradient.
+  assert set(labels) == {'b01f_01io->b01f'}, labels

@@ -15,10 +15,12 @@ and `layers/Residual.lua`) layer for layer:
 Residuals are `layers.PreActBottleneck`. Every stack has its own parameters (no sharing).
 With 8 stacks, F = 256, J = 16 the model has 25.1M parameters (HRNet paper, Table 4).
 
-`scan_stacks=True` computes the same function with `nn.scan` over stacks 1..n-1 (their
-parameters stacked on a leading axis, under `stacks/`), the last stack apart under its own
-names (it has no back-projections): XLA compiles one stack instead of n, so compilation no longer grows
-with the depth of the network. `remat=True` recomputes each stack's activations in the
+`scan_stacks=True` computes the same function with `nn.scan` over all n stacks (their
+parameters stacked on a leading axis under `stacks/`; the back-projections of stacks
+0..n-2 under `back_projections/`, the last stack projecting with zeros into a carry nothing
+reads, so that every stack is the same computation): XLA compiles one stack instead of n,
+so compilation no longer grows with the depth of the network, and the program it loads
+from the compilation cache is small. `remat=True` recomputes each stack's activations in the
 backward pass (memory for compute, for large batches on accelerators). The two layouts
 hold the same numbers: `stack_variables` / `unstack_variables` convert a variables dict
 either way, so checkpoints of either layout serve research code that expects per-stack
@@ -29,6 +31,7 @@ import re
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jhpe.models import layers
@@ -84,10 +87,12 @@ def _split_stack_name(name: str):
   return int(match.group(2)), match.group(3)
 
 
-def _stack_layers(module, inter, train, name_of, project_back):
+def _stack_layers(module, inter, train, name_of):
   """One stack after the stem, its layers created in `module` under `name_of(layer)`:
-  hourglass, residuals, lin, the heatmaps and, unless it is the last, the
-  back-projections. inter (B, h, w, F) -> (next stack's input, heatmaps (B, h, w, J))."""
+  hourglass, residuals, lin and the heatmaps.
+
+  inter (B, h, w, F) -> (lin's features y (B, h, w, F), heatmaps (B, h, w, J)).
+  """
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
   features, axis = module.num_features, module.bn_axis_name
   y = Hourglass(module.depth, features, module.num_modules, bn_axis_name=axis,
@@ -97,16 +102,38 @@ def _stack_layers(module, inter, train, name_of, project_back):
                                 **kw)(y, train)
   y = layers.Conv1x1(features, name=name_of("lin"), **kw)(y)
   y = nn.relu(layers.batch_norm(train, axis_name=axis, name=name_of("lin_bn"), **kw)(y))
-  heatmaps = layers.Conv1x1(module.num_joints, name=name_of("out"), **kw)(y)
-  if project_back:
-    inter = (inter + layers.Conv1x1(features, name=name_of("feat_back"), **kw)(y)
-             + layers.Conv1x1(features, name=name_of("heat_back"), **kw)(heatmaps))
-  return inter, heatmaps
+  return y, layers.Conv1x1(module.num_joints, name=name_of("out"), **kw)(y)
+
+
+_BACK_PROJECTIONS = ("feat_back", "heat_back")
+
+
+def _back_project(module, inter, y, heatmaps, name_of):
+  """The next stack's input: inter + 1x1(y) + 1x1(heatmaps), (B, h, w, F)."""
+  kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  feat_back, heat_back = (layers.Conv1x1(module.num_features, name=name_of(n), **kw)
+                          for n in _BACK_PROJECTIONS)
+  return inter + feat_back(y) + heat_back(heatmaps)
+
+
+class _BackProjection(nn.Module):
+  """The back-projections of one stack, applied inside the scan from its parameters."""
+  num_features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inter, y, heatmaps):
+    return _back_project(self, inter, y, heatmaps, lambda name: name)
 
 
 class _Stack(nn.Module):
-  """A stack with back-projections, the unit `nn.scan` repeats (layers named without the
-  `stack_<s>_` prefix)."""
+  """A stack, the unit `nn.scan` repeats (layers named without the `stack_<s>_` prefix).
+
+  Its back-projections' parameters come in with the scanned inputs rather than being
+  created here: the last stack has none (zeros stand in), so every stack, the last
+  included, is the same computation.
+  """
   num_joints: int
   num_features: int
   depth: int
@@ -117,24 +144,38 @@ class _Stack(nn.Module):
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, inter, _=None):
-    return _stack_layers(self, inter, self.train, lambda name: name, project_back=True)
+  def __call__(self, inter, back_projection):
+    y, heatmaps = _stack_layers(self, inter, self.train, lambda name: name)
+    projection = _BackProjection(self.num_features, self.dtype, self.param_dtype, parent=None)
+    return projection.apply({"params": back_projection}, inter, y, heatmaps), heatmaps
+
+
+def _split_back_projection_name(name: str):
+  """'stack_3_feat_back' -> (3, 'feat_back'); every other layer -> None."""
+  split = _split_stack_name(name)
+  return split if split is not None and split[1] in _BACK_PROJECTIONS else None
 
 
 def stack_variables(variables: dict, num_stacks: int) -> dict:
   """Per-stack layout (`scan_stacks=False`) -> scanned layout (`scan_stacks=True`).
 
-  Every collection (params, batch_stats) of stacks 0..n-2 is stacked on a new leading
-  axis under `stacks/`; the stem and the last stack keep their names.
+  Every collection (params, batch_stats) of all n stacks is stacked on a new leading
+  axis under `stacks/`, except the back-projections of stacks 0..n-2, stacked under
+  `back_projections/` (the last stack has none); the stem keeps its names.
   """
-  return {collection: layers.stack_groups(tree, _split_stack_name, num_stacks - 1, "stacks")
-          for collection, tree in variables.items()}
+  def stack(tree):
+    tree = layers.stack_groups(tree, _split_back_projection_name, num_stacks - 1,
+                               "back_projections")
+    return layers.stack_groups(tree, _split_stack_name, num_stacks, "stacks")
+  return {collection: stack(tree) for collection, tree in variables.items()}
 
 
 def unstack_variables(variables: dict, num_stacks: int) -> dict:
   """Scanned layout -> per-stack layout (the inverse of `stack_variables`)."""
-  return {collection: layers.unstack_groups(tree, _per_stack_name, num_stacks - 1, "stacks")
-          for collection, tree in variables.items()}
+  def unstack(tree):
+    tree = layers.unstack_groups(tree, _per_stack_name, num_stacks, "stacks")
+    return layers.unstack_groups(tree, _per_stack_name, num_stacks - 1, "back_projections")
+  return {collection: unstack(tree) for collection, tree in variables.items()}
 
 
 class StackedHourglass(nn.Module):
@@ -226,24 +267,34 @@ class StackedHourglass(nn.Module):
       return layers.stage_list(self._scanned_stacks(inter, train))
     outputs = []
     for s in range(self.num_stacks):
-      inter, heatmaps = _stack_layers(self, inter, train, lambda n, s=s: _per_stack_name(n, s),
-                                      project_back=s < self.num_stacks - 1)
+      name_of = lambda n, s=s: _per_stack_name(n, s)
+      y, heatmaps = _stack_layers(self, inter, train, name_of)
+      if s < self.num_stacks - 1:
+        inter = _back_project(self, inter, y, heatmaps, name_of)
       outputs.append(heatmaps)
     return layers.stage_list(outputs)
 
   def _scanned_stacks(self, inter, train):
-    """Stacks 0..n-2 as one `nn.scan`, then the last; -> list over stacks of heatmaps."""
-    outputs = []
-    if self.num_stacks > 1:
-      stack = nn.remat(_Stack) if self.remat else _Stack
-      scanned = nn.scan(stack, variable_axes={"params": 0, "batch_stats": 0},
-                        split_rngs={"params": True}, length=self.num_stacks - 1)
-      inter, heatmaps = scanned(
-          self.num_joints, self.num_features, self.depth, self.num_modules, train,
-          dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name,
-          name="stacks")(inter, None)
-      outputs = list(heatmaps)  # (n-1, B, h, w, J) -> n-1 arrays.
-    last = self.num_stacks - 1
-    outputs.append(_stack_layers(self, inter, train, lambda n: _per_stack_name(n, last),
-                                 project_back=False)[1])
-    return outputs
+    """All n stacks as one `nn.scan`; -> list over stacks of heatmaps (B, h, w, J)."""
+    projection = _BackProjection(self.num_features, self.dtype, self.param_dtype, parent=None)
+    one_stack = lambda rng: projection.init(  # pylint: disable=g-long-lambda
+        rng, inter[:1, :1, :1], inter[:1, :1, :1], jnp.zeros((1, 1, 1, self.num_joints)))[
+            "params"]
+    count = self.num_stacks - 1
+    if count:
+      back = self.param("back_projections",
+                        lambda rng: jax.vmap(one_stack)(jax.random.split(rng, count)))
+    else:  # Shapes only: one stack has no back-projection.
+      back = jax.tree.map(lambda p: jnp.zeros((0,) + p.shape, p.dtype),
+                          jax.eval_shape(one_stack, jax.random.key(0)))
+    # The last stack projects with zeros, into a carry nothing reads.
+    back = jax.tree.map(lambda p: jnp.concatenate([p, jnp.zeros((1,) + p.shape[1:], p.dtype)]),
+                        back)
+    stack = nn.remat(_Stack) if self.remat else _Stack
+    scanned = nn.scan(stack, variable_axes={"params": 0, "batch_stats": 0},
+                      split_rngs={"params": True}, length=self.num_stacks)
+    _, heatmaps = scanned(
+        self.num_joints, self.num_features, self.depth, self.num_modules, train,
+        dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name,
+        name="stacks")(inter, back)
+    return list(heatmaps)  # (n, B, h, w, J) -> n arrays.

@@ -5,10 +5,12 @@ Every layer takes `dtype` (the compute dtype, e.g. bfloat16 for mixed precision)
 Arrays are NHWC throughout.
 """
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -68,6 +70,63 @@ class Conv1x1(nn.Module):
     return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.features)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(x, kernel, padding, precision):
+  """Stride-1 convolution, x (B, H, W, I) * kernel (kh, kw, I, O) -> (B, H', W', O)."""
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _conv_nhwc_fwd(x, kernel, padding, precision):
+  return _conv_nhwc(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_nhwc_bwd(padding, precision, residuals, dy):
+  x, kernel = residuals
+  # Input gradient: dy convolved with the kernel turned 180 degrees, I and O swapped.
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  full = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], padding)]
+  dx = lax.conv_general_dilated(dy, flipped, (1, 1), full, dimension_numbers=_NHWC,
+                                precision=precision)
+  # Kernel gradient: x's channels as the batch and its batch as the channels, correlated
+  # with dy as the kernel: (I, H, W, B) * (H', W', B, O) -> (I, kh, kw, O).
+  dk = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
+                                padding, dimension_numbers=_NHWC, precision=precision)
+  return dx, dk.transpose(1, 2, 0, 3)
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def conv_nhwc(inputs, kernel, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+              dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated` whose gradients are convolutions of the same NHWC/HWIO form.
+
+  Why: XLA:CPU runs a convolution with its fast (Eigen) kernels only in that form, and it
+  rewrites JAX's gradient convolutions into it only in a program's top level; inside a
+  loop (the scanned hourglass stacks, CPM's scanned stages) they ran as plain loops, the
+  8-stack scanned train step 20x slower (benchmarks/README.md). Stride 1, no dilation or
+  groups, padding within the kernel; anything else goes to lax as it is.
+  """
+  spatial = kernel.shape[:2]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(inputs.shape[1:3], spatial, window_strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  plain = (inputs.ndim == 4 and tuple(window_strides) == (1, 1)
+           and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+           and feature_group_count == 1 and lax.conv_dimension_numbers(
+               inputs.shape, kernel.shape, _NHWC) == dimension_numbers
+           and all(0 <= p < k for (lo, hi), k in zip(padding, spatial) for p in (lo, hi)))
+  if plain:
+    return _conv_nhwc(inputs, kernel, padding, precision)
+  return lax.conv_general_dilated(inputs, kernel, window_strides, padding, lhs_dilation,
+                                  rhs_dilation, dimension_numbers, feature_group_count,
+                                  precision=precision)
+
+
 def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, stride: int = 1,
          padding: Any = "SAME", name: Optional[str] = None, use_bias: bool = True,
          kernel_init: Any = nn.initializers.lecun_normal()):
@@ -77,7 +136,7 @@ def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, stride: i
                    kernel_init=kernel_init, name=name)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                  use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                 kernel_init=kernel_init, name=name)
+                 kernel_init=kernel_init, conv_general_dilated=conv_nhwc, name=name)
 
 
 class PreActBottleneck(nn.Module):
@@ -102,7 +161,7 @@ class PreActBottleneck(nn.Module):
     y = batch_norm(train, axis_name=self.bn_axis_name, name="bn1", **kw)(x)
     y = Conv1x1(mid, name="conv1", **kw)(nn.relu(y))
     y = batch_norm(train, axis_name=self.bn_axis_name, name="bn2", **kw)(y)
-    y = nn.Conv(mid, (3, 3), padding="SAME", name="conv2", **kw)(nn.relu(y))
+    y = conv(mid, 3, name="conv2", **kw)(nn.relu(y))
     y = batch_norm(train, axis_name=self.bn_axis_name, name="bn3", **kw)(y)
     y = Conv1x1(self.features, name="conv3", **kw)(nn.relu(y))
     skip = x
@@ -123,11 +182,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool):
     """(B, H, W, C) -> (B, H/stride, W/stride, F)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = nn.Conv(self.features, (3, 3), (self.stride, self.stride), padding="SAME",
-                use_bias=False, name="conv1", **kw)(x)
+    y = conv(self.features, 3, stride=self.stride, use_bias=False, name="conv1", **kw)(x)
     y = nn.relu(batch_norm(train, axis_name=self.bn_axis_name, name="bn1", **kw)(y))
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv2",
-                **kw)(y)
+    y = conv(self.features, 3, use_bias=False, name="conv2", **kw)(y)
     y = batch_norm(train, axis_name=self.bn_axis_name, name="bn2", **kw)(y)
     skip = x
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -211,7 +268,7 @@ def stack_groups(tree: dict, split_name, count: int, stacked_name: str) -> dict:
       rest[name] = sub
     else:
       groups[split[0]][split[1]] = sub
-  if count > 0:
+  if count > 0 and any(groups):
     rest[stacked_name] = jax.tree.map(lambda *xs: jnp.stack(xs), *groups)
   return rest
 
