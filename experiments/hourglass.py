@@ -18,7 +18,8 @@ def _model_flags():
   flags.DEFINE_integer("num_modules", 1, "Residual modules at each point.")
   flags.DEFINE_bool("scan_stacks", False, "nn.scan over the stacks: one stack compiled "
                     "instead of num_stacks (the same function; parameters stacked under "
-                    "stacks/, see jhpe.models.hourglass.stack_variables).")
+                    "stacks/ and back_projections/, see "
+                    "jhpe.models.hourglass.stack_variables).")
   flags.DEFINE_bool("remat", False, "Recompute each stack's activations in the backward "
                     "pass (memory for compute; needs --scan_stacks).")
 
