@@ -56,13 +56,14 @@ def test_the_scanned_layout_is_what_the_scanned_model_initialises(per_stack):
 def test_scanned_model_with_one_or_two_stacks(num_stacks):
   kw = dict(KW, num_stacks=num_stacks)
   images = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
-  variables = models.get_model('hourglass', **kw).init(jax.random.key(1), images)
+  model = models.get_model('hourglass', **kw)
+  variables = model.init(jax.random.key(1), images)
   scanned = models.get_model('hourglass', **kw, scan_stacks=True)
   converted = hg.stack_variables(variables, num_stacks)
   assert (jax.tree.map(jnp.shape, scanned.init(jax.random.key(1), images))
           == jax.tree.map(jnp.shape, converted))
-  for a, b in zip(models.get_model('hourglass', **kw).apply(variables, images),
-                  scanned.apply(converted, images), strict=True):
+  for a, b in zip(model.apply(variables, images), scanned.apply(converted, images),
+                  strict=True):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -171,6 +172,12 @@ def test_convolution_gradients_are_lax_gradients(kernel, padding, shape):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _convolution_forms(jitted, *args):
+  """The dim_labels of every convolution in `jitted`'s compiled program, in order."""
+  text = jitted.lower(*args).compile().as_text()
+  return re.findall(r'convolution\(.*?dim_labels=([^,\s]+)', text)
+
+
 def test_convolutions_in_a_scan_compile_to_the_fast_form():
   """XLA:CPU runs only NHWC/HWIO convolutions with Eigen and rewrites the gradient
   convolutions JAX emits into that form only outside loops; `layers.conv` emits them in
@@ -183,8 +190,7 @@ def test_convolutions_in_a_scan_compile_to_the_fast_form():
     x, _ = jax.lax.scan(lambda h, v: (jax.nn.relu(module.apply(v, h)), None), x, stacked)
     return (x ** 2).sum()
 
-  text = jax.jit(jax.grad(loss)).lower(kernels, x).compile().as_text()
-  labels = re.findall(r'convolution\(.*?dim_labels=([^,\s]+)', text)
+  labels = _convolution_forms(jax.jit(jax.grad(loss)), kernels, x)
   assert len(labels) == 3  # Forward, input gradient, kernel gradient.
   assert set(labels) == {'b01f_01io->b01f'}, labels
 
@@ -205,6 +211,5 @@ def test_scanned_models_gradients_have_only_fast_form_convolutions(name, kwargs,
                           mutable=['batch_stats'])[0]
     return sum((o ** 2).sum() for o in outputs)
 
-  text = jax.jit(jax.grad(loss)).lower(variables['params']).compile().as_text()
-  labels = re.findall(r'convolution\(.*?dim_labels=([^,\s]+)', text)
+  labels = _convolution_forms(jax.jit(jax.grad(loss)), variables['params'])
   assert labels and set(labels) == {'b01f_01io->b01f'}, sorted(set(labels))
